@@ -1,0 +1,222 @@
+"""`gtloc` command line: thin; parses arguments, calls the engine's API, prints JSON or one error line.
+
+Exit codes: 0 all went well; 1 some photos in a batch failed (the others have results); 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from gtloc_engine import __version__
+from gtloc_engine.errors import GtlocError
+
+log = logging.getLogger("gtloc")
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+
+
+def _latlon(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"place {text!r} must be LAT,LON in degrees, e.g. 48.85,2.35") from None
+    return lat, lon
+
+
+def _write_json(data, out: str | None) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if out:
+        from gtloc_engine.model.checkpoint import atomic_write
+
+        atomic_write(Path(out), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    else:
+        print(text)
+
+
+def cmd_train(args) -> int:
+    from gtloc_engine.model.config import preset
+    from gtloc_engine.training.trainer import TrainConfig, Trainer
+
+    overrides = {}
+    if args.embed_dim:
+        overrides["embed_dim"] = args.embed_dim
+    if args.time_input:
+        overrides["time_input"] = args.time_input
+    model_cfg = preset(args.preset, **overrides)
+    if args.backbone:
+        model_cfg.backbone.name = args.backbone
+    if args.pretrained is not None:
+        model_cfg.backbone.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    if args.train_backbone is not None:
+        model_cfg.backbone.trainable = args.train_backbone
+    fields = {}
+    if args.config:
+        try:
+            fields = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise GtlocError(f"training config {args.config} cannot be read as JSON ({exc})") from None
+    for name in ("epochs", "batch_size", "lr", "seed", "loc_weight", "time_weight", "tml_target", "tau_delta",
+                 "cache_dir", "workers", "val_fraction", "stop_after_epochs"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    cfg = TrainConfig(out_dir=args.out, model={**model_cfg.to_dict(), **fields.pop("model", {})},
+                      manifest=args.manifest, photo_dir=args.photos, resume=not args.no_resume,
+                      progress=not args.quiet, **fields)
+    history = Trainer(cfg).run()
+    if history:
+        print(json.dumps(history[-1]))
+    return EXIT_OK
+
+
+def cmd_predict(args) -> int:
+    from gtloc_engine.inference.predictor import Predictor
+    from gtloc_engine.io.photos import iter_photo_paths
+    from gtloc_engine.model.checkpoint import load_checkpoint
+
+    predictor = Predictor(load_checkpoint(args.model))
+    paths = iter_photo_paths(args.photos)
+    if not paths:
+        raise GtlocError(f"no photos found in {' '.join(args.photos)}")
+    results = predictor.predict_photos(paths, top_k=args.top_k, batch_size=args.batch_size)
+    for r in results:
+        if "error" in r:
+            print(f"gtloc: error: {r['error']}", file=sys.stderr)
+    _write_json(results, args.out)
+    return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+    import torch
+
+    from gtloc_engine.inference.predictor import Predictor
+    from gtloc_engine.io.photos import file_sha256, iter_photo_paths
+    from gtloc_engine.model.checkpoint import load_checkpoint
+    from gtloc_engine.timecode import torus_coords
+
+    model = load_checkpoint(args.model)
+    arrays: dict[str, np.ndarray] = {}
+    status = EXIT_OK
+    if args.photos:
+        paths = iter_photo_paths(args.photos)
+        emb, ok, failures = Predictor(model).embed_photos(paths)
+        for _, reason in failures:
+            print(f"gtloc: error: {reason}", file=sys.stderr)
+        status = EXIT_PARTIAL if failures else EXIT_OK
+        arrays["image_emb"] = emb
+        arrays["image_path"] = np.array([str(paths[i]) for i in ok])
+        arrays["image_sha256"] = np.array([file_sha256(paths[i]) for i in ok])
+    with torch.inference_mode():
+        if args.place:
+            arrays["place_latlon_deg"] = np.array(args.place, dtype=np.float64)
+            arrays["place_emb"] = model.embed_locations(torch.tensor(args.place, dtype=torch.float32)).numpy()
+        if args.time:
+            torus = torus_coords(args.time)
+            arrays["time_torus"] = torus
+            arrays["time_emb"] = model.embed_times(torch.as_tensor(torus, dtype=torch.float32)).numpy()
+    if not arrays:
+        raise GtlocError("nothing to embed: give photos, --place LAT,LON or --time TIMESTAMP")
+    from gtloc_engine.model.checkpoint import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # np.savez(path) would append '.npz' to the temp name
+            np.savez(f, **arrays)
+
+    atomic_write(Path(args.out), write)
+    print(json.dumps({k: list(v.shape) for k, v in arrays.items()}))
+    return status
+
+
+def cmd_info(args) -> int:
+    from safetensors import safe_open
+
+    from gtloc_engine.io.photos import file_sha256
+    from gtloc_engine.model.checkpoint import read_header
+
+    header = read_header(args.model)
+    with safe_open(str(args.model), framework="pt") as f:
+        n_values = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    header["file"] = {"path": str(args.model), "sha256": file_sha256(args.model), "stored_values": n_values}
+    _write_json(header, None)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gtloc", description="Where and when was this photo taken? (GT-Loc engine)")
+    p.add_argument("--version", action="version", version=f"gtloc {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on a CSV manifest or an EXIF photo folder")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="CSV with path,lat_deg,lon_deg,timestamp[,utc_offset_min][,split]")
+    src.add_argument("--photos", help="folder of photos with EXIF GPS (and DateTimeOriginal for time)")
+    t.add_argument("--out", required=True, help="run folder: model.safetensors, train_state, history.jsonl")
+    t.add_argument("--preset", default="gtloc-vitl14", help="model preset: gtloc-vitl14 (paper), small, tiny")
+    t.add_argument("--backbone", help="open_clip model name, e.g. ViT-L-14")
+    t.add_argument("--pretrained", help="open_clip tag (openai), a local weights file, or 'none' (random)")
+    t.add_argument("--train-backbone", dest="train_backbone", action="store_true", default=None)
+    t.add_argument("--freeze-backbone", dest="train_backbone", action="store_false")
+    t.add_argument("--embed-dim", type=int)
+    t.add_argument("--time-input", choices=["angles", "circle"])
+    t.add_argument("--config", help="JSON file with TrainConfig fields (command-line flags win)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--loc-weight", type=float, help="0 trains time only (TimeLoc)")
+    t.add_argument("--time-weight", type=float, help="0 trains location only (GeoCLIP-like)")
+    t.add_argument("--tml-target", choices=["softmax", "poster"])
+    t.add_argument("--tau-delta", type=float)
+    t.add_argument("--val-fraction", type=float)
+    t.add_argument("--cache-dir", help="feature cache root (default ~/.cache/gtloc or $GTLOC_CACHE)")
+    t.add_argument("--workers", type=int, help="photo decoding threads")
+    t.add_argument("--stop-after-epochs", type=int, help="end this run after N epochs; run again to resume")
+    t.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a state")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="where and when: top-k places, most likely month and hour, as JSON")
+    pr.add_argument("photos", nargs="+", help="photo files or folders")
+    pr.add_argument("--model", required=True, help="gtloc checkpoint (.safetensors)")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--out", help="write the JSON here instead of stdout")
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("embed", help="embeddings of photos, places and times in the joint space (.npz)")
+    e.add_argument("photos", nargs="*", help="photo files or folders")
+    e.add_argument("--model", required=True)
+    e.add_argument("--place", action="append", type=_latlon, help="LAT,LON in degrees (repeatable)")
+    e.add_argument("--time", action="append", help="local time, ISO 8601 or EXIF format (repeatable)")
+    e.add_argument("--out", required=True, help="output .npz (no pickled objects)")
+    e.set_defaults(func=cmd_embed)
+
+    i = sub.add_parser("info", help="print a checkpoint's header: config, heads, versions, sha256")
+    i.add_argument("model")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="gtloc: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return args.func(args)
+    except GtlocError as exc:
+        print(f"gtloc: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("gtloc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

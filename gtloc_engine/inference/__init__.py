@@ -1,0 +1,1 @@
+"""Inference: posteriors over place and time galleries."""

@@ -1,0 +1,1 @@
+"""Reading photos and their EXIF claims; writing the engine's output files."""

@@ -1,0 +1,108 @@
+"""The image backbone: one way to build an open_clip model from a BackboneConfig, and where its weights come from.
+
+Weight sources, in the order they are tried: an open_clip pretrained tag (e.g. ('ViT-L-14', 'openai'), fetched
+once into open_clip's cache, so it needs internet the first time), a local weights file path, or None (random
+init, seeded, for tests and for backbones trained from scratch). gtloc's own small configs live as JSON in
+backbone_configs/, next to open_clip's, so every backbone is built by the same factory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gtloc_engine.errors import GtlocError
+from gtloc_engine.model.config import BackboneConfig
+
+_CONFIG_DIR = Path(__file__).with_name("backbone_configs")
+_registered = False
+
+
+def _open_clip():
+    global _registered
+    import open_clip
+
+    if not _registered:
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+    return open_clip
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors"))
+
+
+class Backbone(nn.Module):
+    """An open_clip CLIP model used for its image tower (and its text tower for text queries)."""
+
+    def __init__(self, cfg: BackboneConfig, *, load_weights: bool = True, seed: int = 0):
+        super().__init__()
+        open_clip = _open_clip()
+        self.cfg = cfg
+        if cfg.name not in open_clip.list_models():
+            raise GtlocError(f"backbone {cfg.name!r} is not an open_clip model; see open_clip.list_models()")
+        pretrained = cfg.pretrained if load_weights else None
+        if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+            raise GtlocError(f"backbone weights file {pretrained} not found; give an existing file or an open_clip tag")
+        # Random init must be reproducible: the same seed gives the same frozen random backbone everywhere.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                quiet = logging.getLogger().level
+                logging.getLogger().setLevel(max(quiet, logging.ERROR))  # open_clip warns on every random init
+                model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=pretrained)
+            except GtlocError:
+                raise
+            except Exception as exc:  # network, hub, file format: all end here with one actionable line
+                raise GtlocError(
+                    f"cannot load backbone {cfg.name!r} weights {pretrained!r}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''} -- fetch them once with internet access, "
+                    "or pass a local weights file"
+                ) from None
+            finally:
+                logging.getLogger().setLevel(quiet)
+        self.clip = model
+        self.preprocess = preprocess
+        self.feature_dim = int(model.visual.output_dim)
+        size = getattr(model.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.set_trainable(cfg.trainable)
+
+    def set_trainable(self, trainable: bool) -> None:
+        for p in self.clip.parameters():
+            p.requires_grad_(trainable)
+        if not trainable:
+            self.clip.eval()
+
+    def train(self, mode: bool = True) -> "Backbone":
+        # A frozen backbone stays in eval mode (dropout, batch norm) even when the heads train.
+        super().train(mode and self.cfg.trainable)
+        return self
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(pixels)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return _open_clip().get_tokenizer(self.cfg.name)(texts)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens)
+
+    def fingerprint(self) -> str:
+        """Identifies the backbone's weights and preprocessing, for the feature cache key."""
+        h = hashlib.sha256()
+        h.update(f"{self.cfg.name}|{self.preprocess}".encode())
+        pretrained = self.cfg.pretrained
+        if pretrained and not _looks_like_path(pretrained) and not self.cfg.trainable:
+            h.update(f"tag:{pretrained}".encode())
+        else:
+            # Local files and random or trained weights: hash the actual tensors, whatever their source.
+            for key, tensor in sorted(self.clip.state_dict().items()):
+                h.update(key.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:24]

@@ -1,0 +1,149 @@
+"""Checkpoints: one .safetensors file, tensors plus a JSON header ('gtloc' metadata). Nothing is unpickled.
+
+The header holds the model config (backbone, sizes, sigmas), which heads are trained, versions and a free
+'info' dict (training summary). The RFF matrices are buffers, so they are tensors in the file. A frozen
+pretrained backbone is referenced by name and tag, not copied; random or trained backbones are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gtloc_engine import __version__
+from gtloc_engine.errors import CheckpointError, GtlocError
+from gtloc_engine.model.config import ModelConfig
+from gtloc_engine.model.gtloc import GTLoc
+
+FORMAT = "gtloc-checkpoint"
+FORMAT_VERSION = 1  # bump on any change that an older reader would misread
+GALLERY_KEY = "gallery.latlon_deg"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_tensors(model: GTLoc) -> dict[str, torch.Tensor]:
+    tensors = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if model.backbone_in_checkpoint or not k.startswith("backbone.")
+    }
+    if model.gallery_latlon_deg is not None:
+        tensors[GALLERY_KEY] = torch.as_tensor(np.asarray(model.gallery_latlon_deg, dtype=np.float32))
+    return tensors
+
+
+def save_checkpoint(path: str | Path, model: GTLoc, info: dict[str, Any] | None = None) -> Path:
+    """Write the model to `path` atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    import open_clip
+
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "engine_version": __version__,
+        "torch_version": torch.__version__,
+        "open_clip_version": open_clip.__version__,
+        "model": model.cfg.to_dict(),
+        "heads_trained": dict(model.heads_trained),
+        "backbone_in_checkpoint": model.backbone_in_checkpoint,
+        "info": info or {},
+    }
+    tensors = model_tensors(model)
+    path = Path(path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"gtloc": json.dumps(header)}))
+    return path
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's JSON header, validated; raises CheckpointError with one line on any problem."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass an existing .safetensors file made by gtloc")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable safetensors file ({type(exc).__name__}); it may be corrupt or "
+            "truncated: re-download or re-train it"
+        ) from None
+    if "gtloc" not in metadata:
+        raise CheckpointError(f"checkpoint {path} is a safetensors file but not a gtloc checkpoint (no 'gtloc' header)")
+    try:
+        header = json.loads(metadata["gtloc"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"checkpoint {path} has a corrupt 'gtloc' header (invalid JSON)") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {header.get('format')!r}, expected {FORMAT!r}")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r} (written by gtloc {header.get('engine_version')}); "
+            f"this engine ({__version__}) reads versions 1..{FORMAT_VERSION}: upgrade gtloc-engine"
+        )
+    for key in ("model", "heads_trained"):
+        if key not in header:
+            raise CheckpointError(f"checkpoint {path} header lacks {key!r}; it is incomplete")
+    return header
+
+
+def load_checkpoint(path: str | Path, *, load_backbone: bool = True) -> GTLoc:
+    """Rebuild a GTLoc from a checkpoint. `load_backbone=False` skips fetching pretrained backbone weights."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    header = read_header(path)
+    try:
+        cfg = ModelConfig.from_dict(header["model"])
+    except GtlocError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} tensors cannot be read ({type(exc).__name__}); it may be corrupt") from None
+    stored_backbone = bool(header.get("backbone_in_checkpoint"))
+    # A stored backbone is overwritten from the file, so there is nothing to download for it.
+    model = GTLoc(cfg, load_backbone_weights=load_backbone and not stored_backbone)
+    gallery = tensors.pop(GALLERY_KEY, None)
+    expected = model.state_dict()
+    wanted = {k for k in expected if stored_backbone or not k.startswith("backbone.")}
+    missing = sorted(wanted - tensors.keys())
+    unexpected = sorted(tensors.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its own config: missing {missing[:4]}{'...' if len(missing) > 4 else ''}"
+            f" unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}; it is incomplete or was edited"
+        )
+    for key, tensor in tensors.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"checkpoint {path}: tensor {key} has shape {tuple(tensor.shape)}, config implies "
+                f"{tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(tensors, strict=False)
+    model.heads_trained = {k: bool(v) for k, v in header["heads_trained"].items()}
+    model.gallery_latlon_deg = None if gallery is None else gallery.numpy().astype(np.float64)
+    model.eval()
+    return model

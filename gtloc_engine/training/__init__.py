@@ -1,0 +1,1 @@
+"""Training: records, feature cache, losses, trainer."""

@@ -1,0 +1,431 @@
+"""Training GT-Loc: losses over cached backbone features (frozen) or pixels (trainable backbone), AdamW with warmup
+and cosine decay, validation each epoch, checkpoints each epoch, exact resume, and torch.distributed (torchrun).
+
+Distributed training averages gradients over ranks after every step (all-reduce), so every rank holds the same
+weights; each epoch the ranks compare a checksum of their parameters and stop with an error if they differ.
+Contrastive negatives are per rank (each rank's batch and queue), as in GeoCLIP's single-GPU training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from gtloc_engine.errors import GtlocError
+from gtloc_engine.evaluation.metrics import geolocation_metrics, recall_at_k, time_metrics
+from gtloc_engine.inference.predictor import Predictor
+from gtloc_engine.model.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from gtloc_engine.model.config import ModelConfig
+from gtloc_engine.model.gtloc import GTLoc
+from gtloc_engine.training.data import Record, read_manifest, scan_photo_folder, split_records
+from gtloc_engine.training.feature_cache import FeatureCache
+from gtloc_engine.training.losses import (
+    TML_TARGETS, CoordinateQueue, location_infonce, temporal_metric_loss, tml_targets,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.safetensors"
+HISTORY_FILE = "history.jsonl"
+MAX_GALLERY = 100_000
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved next to the checkpoint as train_config.json."""
+
+    out_dir: str
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig as a dict
+    manifest: str | None = None
+    photo_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 256  # global: split over ranks
+    lr: float = 3e-4
+    backbone_lr: float = 1e-5
+    weight_decay: float = 1e-6
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # or 'constant'
+    seed: int = 0
+    loc_weight: float = 1.0  # 0 trains time only (the paper's TimeLoc)
+    time_weight: float = 1.0  # 0 trains location only (GeoCLIP-like)
+    loc_queue: int = 4096
+    time_queue: int = 4096
+    gps_noise_deg: float = 0.01  # GeoCLIP's Gaussian GPS jitter
+    tml_target: str = "softmax"
+    tau_delta: float = 0.05  # torus-distance temperature of the softmax TML target
+    val_fraction: float = 0.1
+    augment: bool = True  # random resized crop + flip when the backbone trains
+    cache_dir: str | None = None
+    workers: int = 2
+    resume: bool = True
+    stop_after_epochs: int | None = None  # end this invocation early (job time limits); a re-run resumes
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if (self.manifest is None) == (self.photo_dir is None):
+            raise GtlocError("training needs exactly one of a manifest CSV or a photo folder")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise GtlocError(f"epochs ({self.epochs}) must be >= 1 and batch_size ({self.batch_size}) >= 2")
+        if self.tml_target not in TML_TARGETS:
+            raise GtlocError(f"tml_target {self.tml_target!r} must be one of {TML_TARGETS}")
+        if self.schedule not in ("cosine", "constant"):
+            raise GtlocError(f"schedule {self.schedule!r} must be 'cosine' or 'constant'")
+        if self.loc_weight <= 0 and self.time_weight <= 0:
+            raise GtlocError("loc_weight and time_weight are both 0: nothing to train")
+        ModelConfig.from_dict(self.model)
+        return self
+
+
+class Dist:
+    """This process's place in a torch.distributed job (a 1-process job when not launched by torchrun)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def average_gradients(self, params: list[nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def check_in_sync(self, model: nn.Module) -> str:
+        digest = parameter_checksum(model)
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(gathered, digest)
+            if len(set(gathered)) != 1:
+                raise GtlocError(f"distributed ranks are out of sync: parameter checksums {gathered}")
+        return digest
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def parameter_checksum(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class PhotoDataset(torch.utils.data.Dataset):
+    """Decoded, transformed photos for a trainable backbone; an unreadable photo raises (caught upstream)."""
+
+    def __init__(self, paths: list[Path], transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from gtloc_engine.io.photos import load_photo_rgb
+
+        return self.transform(load_photo_rgb(self.paths[i]))
+
+
+def train_transform(model: GTLoc):
+    from torchvision import transforms
+
+    normalize = [t for t in model.backbone.preprocess.transforms if isinstance(t, transforms.Normalize)][0]
+    size = model.backbone.image_size
+    return transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.6, 1.0)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        normalize,
+    ])
+
+
+class Trainer:
+    """One training run in `out_dir`; `run()` trains (resuming if a state is there) and returns the history."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg.validate()
+        self.dist = Dist()
+        self.out = Path(cfg.out_dir)
+        torch.manual_seed(cfg.seed)
+        records = read_manifest(cfg.manifest) if cfg.manifest else scan_photo_folder(cfg.photo_dir)
+        self.train_records, self.val_records = split_records(records, cfg.val_fraction, cfg.seed)
+        if len(self.train_records) < 2:
+            raise GtlocError(f"only {len(self.train_records)} training photos; need at least 2")
+        model_cfg = ModelConfig.from_dict(cfg.model)
+        self.model = GTLoc(model_cfg, seed=cfg.seed)
+        self.frozen = not model_cfg.backbone.trainable
+        self.model.heads_trained = {
+            "location": cfg.loc_weight > 0,
+            "time": cfg.time_weight > 0 and any(r.torus is not None for r in self.train_records),
+        }
+        self.model.gallery_latlon_deg = self._gallery(self.train_records)
+        params = [{"params": self.model.head_parameters(), "lr": cfg.lr}]
+        if not self.frozen:
+            params.append({"params": list(self.model.backbone.parameters()), "lr": cfg.backbone_lr})
+        self.optimizer = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+        self.loc_queue = CoordinateQueue(cfg.loc_queue, 2)
+        self.time_queue = CoordinateQueue(cfg.time_queue, 2)
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    def _gallery(self, records: list[Record]) -> np.ndarray:
+        places = np.unique(np.array([(r.lat_deg, r.lon_deg) for r in records], dtype=np.float64), axis=0)
+        if len(places) > MAX_GALLERY:
+            places = places[np.random.default_rng(self.cfg.seed).choice(len(places), MAX_GALLERY, replace=False)]
+        return places
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+
+    def _prepare_inputs(self) -> None:
+        """Cached features (frozen backbone) or photo datasets (trainable); drop photos that cannot be read."""
+        if self.frozen:
+            cache = FeatureCache(self.model.backbone, self.cfg.cache_dir)
+            if self.dist.main:  # one process computes the cache; the others wait and map it
+                self._features(cache, self.train_records + self.val_records)
+            self.dist.barrier()
+            feats, failures = self._features(cache, self.train_records + self.val_records, quiet=True)
+            valid = feats.valid
+        else:
+            feats, failures = None, []
+            valid = np.ones(len(self.train_records) + len(self.val_records), dtype=bool)
+        for _, reason in failures:
+            if self.dist.main:
+                log.warning("skipped: %s", reason)
+        n_train = len(self.train_records)
+        self.features = feats
+        self.train_idx = np.flatnonzero(valid[:n_train])
+        self.val_idx = np.flatnonzero(valid[n_train:]) + n_train
+        self.all_records = self.train_records + self.val_records
+        self.latlon = torch.tensor([(r.lat_deg, r.lon_deg) for r in self.all_records], dtype=torch.float32)
+        self.torus = torch.tensor([r.torus or (math.nan, math.nan) for r in self.all_records], dtype=torch.float32)
+        if len(self.train_idx) < 2:
+            raise GtlocError("fewer than 2 readable training photos; see the warnings above")
+
+    def _features(self, cache: FeatureCache, records: list[Record], quiet: bool = False):
+        return cache.features([r.path for r in records], workers=self.cfg.workers,
+                              progress=self.cfg.progress and not quiet)
+
+    def _image_features(self, idx: np.ndarray, train: bool) -> torch.Tensor:
+        if self.frozen:
+            return self.features.get(idx)
+        transform = train_transform(self.model) if (train and self.cfg.augment) else self.model.backbone.preprocess
+        pixels = torch.stack([PhotoDataset([self.all_records[i].path], transform)[0] for i in idx])
+        return self.model.image_features(pixels)
+
+    # -- optimisation -------------------------------------------------------------------------------------------
+
+    def _lr_factor(self, step: int, total: int) -> float:
+        if step < self.cfg.warmup_steps:
+            return (step + 1) / self.cfg.warmup_steps
+        if self.cfg.schedule == "constant":
+            return 1.0
+        progress = (step - self.cfg.warmup_steps) / max(1, total - self.cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def _loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, model = self.cfg, self.model
+        image_emb = model.embed_features(self._image_features(idx, train=True))
+        total = torch.zeros(())
+        parts: dict[str, float] = {}
+        if cfg.loc_weight > 0:
+            gps = self.latlon[idx]
+            if cfg.gps_noise_deg > 0:
+                gps = gps + torch.randn_like(gps) * cfg.gps_noise_deg
+            loc_emb = model.embed_locations(torch.cat((gps, self.loc_queue.values())))
+            l_loc = location_infonce(image_emb, loc_emb, model.logit_scale_loc)
+            self.loc_queue.push(self.latlon[idx])
+            total = total + cfg.loc_weight * l_loc
+            parts["loss_loc"] = l_loc.item()
+        timed = ~torch.isnan(self.torus[idx, 0])
+        if cfg.time_weight > 0 and bool(timed.any()):
+            times = self.torus[idx][timed]
+            gallery = torch.cat((times, self.time_queue.values()))
+            q = tml_targets(times, gallery, mode=cfg.tml_target, tau_delta=cfg.tau_delta)
+            l_time = temporal_metric_loss(image_emb[timed], model.embed_times(gallery), model.logit_scale_time, q)
+            self.time_queue.push(times)
+            total = total + cfg.time_weight * l_time
+            parts["loss_time"] = l_time.item()
+        parts["loss"] = total.item()
+        return total, parts
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches: a seeded permutation per epoch, split across ranks, last partial batch dropped."""
+        per_rank = max(2, self.cfg.batch_size // self.dist.world)
+        order = self.train_idx[np.random.default_rng(self.cfg.seed + 1000 * epoch).permutation(len(self.train_idx))]
+        n_batches = max(1, len(order) // (per_rank * self.dist.world))
+        mine = order[self.dist.rank::self.dist.world]
+        return [mine[b * per_rank:(b + 1) * per_rank] for b in range(n_batches) if len(mine[b * per_rank:(b + 1) * per_rank]) >= 2]
+
+    # -- validation ---------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """Geolocation over the training-place gallery, time over the month x hour grid, retrieval within val."""
+        if len(self.val_idx) == 0:
+            return {}
+        self.model.eval()
+        emb = torch.cat([self.model.embed_features(self._image_features(self.val_idx[i:i + 512], train=False))
+                         for i in range(0, len(self.val_idx), 512)]).numpy()
+        predictor = Predictor(self.model)
+        out: dict[str, float] = {}
+        true_ll = self.latlon[self.val_idx].numpy()
+        if self.model.heads_trained["location"]:
+            probs = predictor.location_posterior(emb)
+            out.update({f"val_{k}": v for k, v in
+                        geolocation_metrics(true_ll, predictor.gallery_latlon_deg[probs.argmax(1)]).items()})
+            loc_emb = self.model.embed_locations(torch.as_tensor(true_ll)).numpy()
+            out.update({f"val_place_{k}": v for k, v in recall_at_k(emb @ loc_emb.T).items()})
+        timed = ~np.isnan(self.torus[self.val_idx, 0].numpy())
+        if self.model.heads_trained["time"] and timed.any():
+            grids = predictor.time_posterior(emb[timed])
+            est = [predictor.estimate_time(g) for g in grids]
+            true_t = self.torus[self.val_idx][timed].numpy() * np.array([12.0, 24.0])
+            pred_t = np.array([(e.month_pos, e.hour_local) for e in est])
+            out.update({f"val_{k}": v for k, v in time_metrics(true_t, pred_t).items()})
+            time_emb = self.model.embed_times(torch.as_tensor(self.torus[self.val_idx][timed])).numpy()
+            out.update({f"val_time_{k}": v for k, v in recall_at_k(emb[timed] @ time_emb.T).items()})
+        return out
+
+    # -- state --------------------------------------------------------------------------------------------------
+
+    def _state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        opt = self.optimizer.state_dict()
+        tensors = {f"opt.{i}.{k}": v for i, s in opt["state"].items() for k, v in s.items()}
+        for name, queue in (("loc_queue", self.loc_queue), ("time_queue", self.time_queue)):
+            tensors.update({f"{name}.{k}": v for k, v in queue.state().items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"epoch": self.epoch, "step": self.step, "param_groups": opt["param_groups"],
+                "history": self.history, "train_config": dataclasses.asdict(self.cfg)}
+        return {k: v.contiguous() for k, v in tensors.items()}, meta
+
+    def _save(self) -> None:
+        from safetensors.torch import save_file
+
+        info = {"epoch": self.epoch, "step": self.step, "train_photos": len(self.train_idx),
+                "val_photos": len(self.val_idx), "metrics": self.history[-1] if self.history else {}}
+        save_checkpoint(self.out / MODEL_FILE, self.model, info)
+        tensors, meta = self._state_tensors()
+        atomic_write(self.out / STATE_FILE,
+                     lambda tmp: save_file(tensors, str(tmp), metadata={"gtloc_train_state": json.dumps(meta)}))
+
+    def _maybe_resume(self) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        state_path, model_path = self.out / STATE_FILE, self.out / MODEL_FILE
+        if not (self.cfg.resume and state_path.is_file() and model_path.is_file()):
+            return
+        loaded = load_checkpoint(model_path, load_backbone=False)
+        keep = self.model.backbone_in_checkpoint
+        self.model.load_state_dict({k: v for k, v in loaded.state_dict().items()
+                                    if keep or not k.startswith("backbone.")}, strict=False)
+        try:
+            with safe_open(str(state_path), framework="pt") as f:
+                meta = json.loads(f.metadata()["gtloc_train_state"])
+            tensors = load_file(str(state_path))
+        except Exception as exc:
+            raise GtlocError(f"training state {state_path} is unreadable ({type(exc).__name__}); delete it to "
+                             "start over") from None
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, i, name = key.split(".", 2)
+                opt_state.setdefault(int(i), {})[name] = value
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        for name, queue in (("loc_queue", self.loc_queue), ("time_queue", self.time_queue)):
+            queue.load_state({k: tensors[f"{name}.{k}"] for k in ("buffer", "count")})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        if self.dist.main:
+            log.info("resumed from %s at epoch %d (step %d)", state_path, self.epoch, self.step)
+
+    # -- main loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        try:
+            return self._run()
+        finally:
+            self.dist.close()
+
+    def _run(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.out / "train_config.json",
+                         lambda tmp: tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=2)))
+        self._prepare_inputs()
+        self._maybe_resume()
+        steps_per_epoch = len(self._epoch_batches(0))
+        total_steps = steps_per_epoch * cfg.epochs
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        last_epoch = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs, self.epoch + cfg.stop_after_epochs)
+        while self.epoch < last_epoch:
+            self.model.train()
+            batches = self._epoch_batches(self.epoch)
+            bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
+                       disable=not (cfg.progress and self.dist.main))
+            sums: dict[str, float] = {}
+            t0, seen = time.perf_counter(), 0
+            for idx in bar:
+                for group, base in zip(self.optimizer.param_groups, (cfg.lr, cfg.backbone_lr)):
+                    group["lr"] = base * self._lr_factor(self.step, total_steps)
+                loss, parts = self._loss(idx)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.dist.average_gradients(params)
+                self.optimizer.step()
+                self.step += 1
+                seen += len(idx) * self.dist.world
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", photos_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            self.epoch += 1
+            checksum = self.dist.check_in_sync(self.model)
+            record = {"epoch": self.epoch, "step": self.step,
+                      **{k: v / max(1, len(batches)) for k, v in sums.items()},
+                      "photos_per_s": seen / max(1e-9, time.perf_counter() - t0)}
+            if self.dist.main:
+                record.update(self.validate())
+                self.history.append(record)
+                self._save()
+                atomic_write(self.out / HISTORY_FILE,
+                             lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history)))
+                log.info("epoch %d: %s", self.epoch, json.dumps({k: round(v, 4) for k, v in record.items()}))
+            else:
+                self.history.append(record)
+            log.info("rank %d/%d parameter checksum %s after epoch %d", self.dist.rank, self.dist.world,
+                     checksum, self.epoch)
+        return self.history
