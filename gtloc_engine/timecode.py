@@ -74,11 +74,18 @@ def _from_datetime(value: dt.datetime) -> LocalTime:
     )
 
 
-def utc_offset_min_for_lon(lon_deg: float) -> int:
-    """Nautical time zone of a longitude, in minutes: round(lon / 15) hours. A fallback when no offset is known."""
-    if not math.isfinite(lon_deg) or not -180.0 <= lon_deg <= 180.0:
-        raise TimeValueError(f"longitude {lon_deg!r} is not in [-180, 180]; cannot derive a time zone from it")
-    return int(round(lon_deg / 15.0)) * 60
+def utc_offset_min_for_lon(lon_deg):
+    """Nautical time zone of a longitude in minutes, round(lon / 15) hours (an int, or an int array).
+
+    A fallback when no real offset is known, and SunWorld's clocks. Halves round away from zero so zones are
+    symmetric about Greenwich; 180 and -180 share a zone.
+    """
+    lon = np.asarray(lon_deg, dtype=np.float64)
+    if not np.all(np.isfinite(lon)):
+        raise TimeValueError(f"longitude {lon_deg!r} is not finite; cannot derive a time zone from it")
+    lon = (lon + 180.0) % 360.0 - 180.0
+    offset = (np.sign(lon) * np.floor(np.abs(lon) / 15.0 + 0.5) * 60).astype(np.int64)
+    return int(offset) if offset.ndim == 0 else offset
 
 
 def parse_time(value: TimeLike, *, utc_offset_min: int | None = None, lon_deg: float | None = None) -> LocalTime:

@@ -33,7 +33,8 @@ def test_unix_seconds_fall_back_to_the_longitudes_nautical_zone():
     stamp = dt.datetime(2021, 3, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp()
     assert parse_time(stamp, lon_deg=139.7).hour == 12 + 9
     assert parse_time(stamp, lon_deg=-74.0).hour == 12 - 5
-    assert utc_offset_min_for_lon(-180.0) == -720
+    assert utc_offset_min_for_lon(-180.0) == utc_offset_min_for_lon(180.0) == -720
+    assert utc_offset_min_for_lon(np.array([7.5, -7.5, 0.0])).tolist() == [60, -60, 0]
 
 
 def test_unix_seconds_without_offset_or_longitude_is_an_error():

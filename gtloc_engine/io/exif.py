@@ -13,15 +13,15 @@ import math
 import numbers
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, BinaryIO
+from typing import Any
 
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
 from gtloc_engine.errors import BadPhotoError
+from gtloc_engine.io.atomic import atomic_write
 from gtloc_engine.io.photos import check_photo_file, open_photo
 
 __all__ = ["ExifClaims", "read_exif_claims", "write_jpeg_with_exif"]
@@ -126,7 +126,7 @@ def write_jpeg_with_exif(
     exif = _build_exif(lat_deg, lon_deg, alt_m, local_datetime, utc_offset_min)
     # JPEG holds only L and RGB (CMYK aside); anything else, alpha included, is flattened to RGB.
     jpeg_ready = image if image.mode in ("L", "RGB") else image.convert("RGB")
-    _write_atomically(path, lambda fh: jpeg_ready.save(fh, format="JPEG", quality=quality, exif=exif))
+    atomic_write(path, lambda temp: jpeg_ready.save(temp, format="JPEG", quality=quality, exif=exif))
     return path
 
 
@@ -455,19 +455,3 @@ def _dms_rationals(abs_deg: float) -> tuple[IFDRational, IFDRational, IFDRationa
     degrees, remainder = divmod(total_units, units_per_deg)
     minutes, second_units = divmod(remainder, 60 * _ARCSEC_DENOMINATOR)
     return IFDRational(degrees, 1), IFDRational(minutes, 1), IFDRational(second_units, _ARCSEC_DENOMINATOR)
-
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a hidden temp file in the same folder, then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide permissions, as for any file the user writes (mkstemp gives 0600).
-    fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        # No fsync: a dataset writer makes thousands of these; the rename alone keeps readers from partial files.
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise

@@ -8,8 +8,6 @@ pretrained backbone is referenced by name and tag, not copied; random or trained
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +16,13 @@ import torch
 
 from gtloc_engine import __version__
 from gtloc_engine.errors import CheckpointError, GtlocError
+from gtloc_engine.io.atomic import atomic_write
 from gtloc_engine.model.config import ModelConfig
 from gtloc_engine.model.gtloc import GTLoc
 
 FORMAT = "gtloc-checkpoint"
 FORMAT_VERSION = 1  # bump on any change that an older reader would misread
 GALLERY_KEY = "gallery.latlon_deg"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_tensors(model: GTLoc) -> dict[str, torch.Tensor]:

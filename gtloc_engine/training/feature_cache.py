@@ -19,7 +19,7 @@ from tqdm import tqdm
 from gtloc_engine.io.batches import iter_pixel_batches
 from gtloc_engine.io.photos import file_sha256
 from gtloc_engine.model.backbone import Backbone
-from gtloc_engine.model.checkpoint import atomic_write
+from gtloc_engine.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
