@@ -1,0 +1,162 @@
+"""Write a SunWorld dataset: JPEGs with real EXIF, a manifest CSV and the world's parameters, all from one seed.
+
+Layout of out_dir:
+    photos/000000.jpg ...   rendered photos; EXIF carries GPS position and altitude, and (for timed photos)
+                            DateTimeOriginal + OffsetTimeOriginal + GPS UTC time
+    manifest.csv            path,lat_deg,lon_deg,timestamp,split (path relative to out_dir; timestamp ISO 8601
+                            local wall clock with its offset, empty for untimed photos)
+    world.json              seed and every parameter, enough to regenerate the same files
+
+Every photo's pixels depend only on (seed, its index) and the parameters, so a re-run into the same folder skips
+photos already there and still produces a byte-identical manifest. Untimed photos (only in the train split, like
+MP-16 where most photos carry no usable time) are rendered at their true time but written without one.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from gtloc_engine.errors import GtlocError
+from gtloc_engine.io.atomic import atomic_write_text
+from gtloc_engine.io.exif import write_jpeg_with_exif
+from gtloc_engine.synth.render import RenderConfig, render_photo
+from gtloc_engine.synth.world import SunWorld, WorldConfig
+
+__all__ = ["write_dataset", "MANIFEST_COLUMNS"]
+
+MANIFEST_COLUMNS = ("path", "lat_deg", "lon_deg", "timestamp", "split")
+_FORMAT = "sunworld-dataset/1"
+# Stream labels for np.random.default_rng([seed, stream, ...]): independent streams per purpose and per photo.
+_STREAM_SAMPLES, _STREAM_SPLITS, _STREAM_PHOTO = 1, 2, 3
+# The manifest's precision; EXIF stores 1e-4 arcsec (3e-8 deg), so the two agree to the digits written here.
+_LATLON_DECIMALS = 6
+
+
+def _check_arguments(n_photos, image_size, untimed_fraction, split_fractions, quality) -> tuple[float, float, float]:
+    if isinstance(n_photos, bool) or not isinstance(n_photos, (int, np.integer)) or n_photos < 1:
+        raise GtlocError(f"n_photos must be a positive int, got {n_photos!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 4096:
+        raise GtlocError(f"image_size must be an int in 8..4096, got {image_size!r}")
+    if not 0.0 <= float(untimed_fraction) <= 1.0:
+        raise GtlocError(f"untimed_fraction must lie in [0, 1], got {untimed_fraction!r}")
+    fractions = tuple(float(f) for f in split_fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise GtlocError(
+            f"split_fractions must be three non-negative (train, val, test) shares summing to 1, got {split_fractions!r}"
+        )
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise GtlocError(f"quality must be an int in 1..100, got {quality!r}")
+    return fractions
+
+
+def _assign_splits(n: int, fractions: tuple[float, float, float], untimed_fraction: float, seed: int):
+    """Split label per photo, and which train photos lose their timestamp (a share of the train split)."""
+    rng = np.random.default_rng([seed, _STREAM_SPLITS])
+    n_val = int(round(n * fractions[1]))
+    n_test = int(round(n * fractions[2]))
+    n_val = min(n_val, n)
+    n_test = min(n_test, n - n_val)
+    order = rng.permutation(n)
+    split = np.full(n, "train", dtype=object)
+    split[order[:n_val]] = "val"
+    split[order[n_val : n_val + n_test]] = "test"
+    train = np.sort(order[n_val + n_test :])
+    untimed = np.zeros(n, dtype=bool)
+    untimed[rng.choice(train, size=int(round(len(train) * untimed_fraction)), replace=False)] = True
+    return split, untimed
+
+
+def _parameters(seed, n_photos, image_size, untimed_fraction, fractions, quality, world: SunWorld) -> dict:
+    return {
+        "format": _FORMAT,
+        "seed": int(seed),
+        "n_photos": int(n_photos),
+        "image_size": int(image_size),
+        "untimed_fraction": float(untimed_fraction),
+        "untimed_share_of": "train",
+        "split_fractions": list(fractions),
+        "jpeg_quality": int(quality),
+        "world": world.to_dict(),
+        "render": asdict(RenderConfig()),
+    }
+
+
+def write_dataset(
+    out_dir,
+    n_photos: int,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    untimed_fraction: float = 0.0,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    quality: int = 90,
+) -> Path:
+    """Render n_photos SunWorld photos with EXIF into out_dir; returns the path of manifest.csv.
+
+    untimed_fraction is the share of the train split written without a timestamp (val and test keep theirs).
+    A re-run with the same arguments skips photos already written; different arguments into a folder that
+    holds another dataset raise GtlocError instead of mixing the two.
+    """
+    fractions = _check_arguments(n_photos, image_size, untimed_fraction, split_fractions, quality)
+    out = Path(out_dir)
+    photos = out / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    world = SunWorld(WorldConfig(seed=int(seed)))
+    params = _parameters(seed, n_photos, image_size, untimed_fraction, fractions, quality, world)
+    params_text = json.dumps(params, indent=2, sort_keys=True) + "\n"
+    world_json = out / "world.json"
+    if world_json.exists():
+        try:
+            previous = json.loads(world_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise GtlocError(f"{world_json} is unreadable ({exc}); write into an empty folder") from None
+        if previous != json.loads(params_text):
+            raise GtlocError(
+                f"{out} already holds a SunWorld dataset made with other parameters (see {world_json}); "
+                "write into a new folder"
+            )
+    atomic_write_text(world_json, params_text)
+
+    samples = world.sample(int(n_photos), np.random.default_rng([int(seed), _STREAM_SAMPLES]))
+    split, untimed = _assign_splits(int(n_photos), fractions, float(untimed_fraction), int(seed))
+    lat_all = np.round(samples.lat_deg, _LATLON_DECIMALS)
+    lon_all = np.round(samples.lon_deg, _LATLON_DECIMALS)
+    render_config = RenderConfig()
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    for i in range(int(n_photos)):
+        rel = f"photos/{i:06d}.jpg"
+        lat, lon = float(lat_all[i]), float(lon_all[i])
+        local: dt.datetime = samples.local_datetime[i].astype("datetime64[s]").item()
+        offset_min = int(samples.utc_offset_min[i])
+        path = out / rel
+        if not path.exists():
+            rng = np.random.default_rng([int(seed), _STREAM_PHOTO, i])
+            pixels, _ = render_photo(
+                world, lat, lon, samples.local_datetime[i], offset_min, rng, size=int(image_size), config=render_config
+            )
+            write_jpeg_with_exif(
+                Image.fromarray(pixels),
+                path,
+                lat_deg=lat,
+                lon_deg=lon,
+                alt_m=round(float(samples.alt_m[i]), 1),
+                local_datetime=None if untimed[i] else local,
+                utc_offset_min=None if untimed[i] else offset_min,
+                quality=int(quality),
+            )
+        stamp = "" if untimed[i] else local.replace(tzinfo=dt.timezone(dt.timedelta(minutes=offset_min))).isoformat()
+        writer.writerow([rel, f"{lat:.{_LATLON_DECIMALS}f}", f"{lon:.{_LATLON_DECIMALS}f}", stamp, split[i]])
+    manifest = out / "manifest.csv"
+    atomic_write_text(manifest, buffer.getvalue())
+    return manifest
