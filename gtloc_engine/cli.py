@@ -31,7 +31,7 @@ def _latlon(text: str) -> tuple[float, float]:
 def _write_json(data, out: str | None) -> None:
     text = json.dumps(data, indent=2, ensure_ascii=False)
     if out:
-        from gtloc_engine.model.checkpoint import atomic_write
+        from gtloc_engine.io.atomic import atomic_write
 
         atomic_write(Path(out), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
     else:
@@ -122,7 +122,7 @@ def cmd_embed(args) -> int:
             arrays["time_emb"] = model.embed_times(torch.as_tensor(torus, dtype=torch.float32)).numpy()
     if not arrays:
         raise GtlocError("nothing to embed: give photos, --place LAT,LON or --time TIMESTAMP")
-    from gtloc_engine.model.checkpoint import atomic_write
+    from gtloc_engine.io.atomic import atomic_write
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # np.savez(path) would append '.npz' to the temp name
@@ -144,6 +144,39 @@ def cmd_info(args) -> int:
         n_values = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     header["file"] = {"path": str(args.model), "sha256": file_sha256(args.model), "stored_values": n_values}
     _write_json(header, None)
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from gtloc_engine.evaluation.runner import evaluate_records, markdown_table
+    from gtloc_engine.inference.predictor import Predictor
+    from gtloc_engine.model.checkpoint import load_checkpoint
+    from gtloc_engine.training.data import read_manifest
+
+    records = [r for r in read_manifest(args.manifest) if args.split in (None, "all") or r.split == args.split]
+    if not records:
+        raise GtlocError(f"manifest {args.manifest} has no rows in split {args.split!r}")
+    metrics, failures = evaluate_records(Predictor(load_checkpoint(args.model)), records)
+    for _, reason in failures:
+        print(f"gtloc: error: {reason}", file=sys.stderr)
+    _write_json(metrics, args.out)
+    print(markdown_table({Path(args.model).name: metrics}), file=sys.stderr)
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def cmd_synth(args) -> int:
+    from gtloc_engine.synth import write_dataset
+
+    manifest = write_dataset(args.out, args.n, seed=args.seed, image_size=args.image_size,
+                             untimed_fraction=args.untimed_fraction)
+    print(manifest)
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from gtloc_engine.demo import DemoConfig, run_demo
+
+    run_demo(args.out, DemoConfig(seed=args.seed), progress=not args.quiet)
     return EXIT_OK
 
 
@@ -193,10 +226,31 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embed", help="embeddings of photos, places and times in the joint space (.npz)")
     e.add_argument("photos", nargs="*", help="photo files or folders")
     e.add_argument("--model", required=True)
-    e.add_argument("--place", action="append", type=_latlon, help="LAT,LON in degrees (repeatable)")
+    e.add_argument("--place", action="append", type=_latlon, help="LAT,LON in degrees (repeatable; write --place=-33.9,151.2 for a negative latitude)")
     e.add_argument("--time", action="append", help="local time, ISO 8601 or EXIF format (repeatable)")
     e.add_argument("--out", required=True, help="output .npz (no pickled objects)")
     e.set_defaults(func=cmd_embed)
+
+    ev = sub.add_parser("eval", help="geolocation, time and geo-temporal retrieval metrics on a labelled manifest")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--manifest", required=True)
+    ev.add_argument("--split", default="test", help="train, val, test, or all (default test)")
+    ev.add_argument("--out", help="write the metrics JSON here instead of stdout")
+    ev.set_defaults(func=cmd_eval)
+
+    sy = sub.add_parser("synth", help="write a SunWorld dataset: JPEGs with EXIF + manifest.csv")
+    sy.add_argument("--out", required=True)
+    sy.add_argument("--n", type=int, default=2000, help="number of photos")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--image-size", type=int, default=64)
+    sy.add_argument("--untimed-fraction", type=float, default=0.0, help="share of train photos without a time")
+    sy.set_defaults(func=cmd_synth)
+
+    d = sub.add_parser("demo", help="offline demo: SunWorld -> train -> predict -> metrics (CPU, ~3 min)")
+    d.add_argument("--out", default="gtloc-demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("info", help="print a checkpoint's header: config, heads, versions, sha256")
     i.add_argument("model")

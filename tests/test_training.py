@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +43,7 @@ def test_trained_model_beats_chance_on_place_and_time(trained):
     assert last["val_acc_200km"] > 3 * CHANCE_ACC_200KM
     assert last["val_month_err"] < 2.0  # chance: 3 months
     assert last["val_hour_err"] < 4.5  # chance: 6 hours
-    assert last["val_time_r@10"] > 2 * (100 * 10 / 48)  # 48 validation photos
+    assert last["val_geotemporal_r@10"] > 2 * (100 * 10 / 48)  # 48 validation photos
 
 
 def test_run_folder_holds_checkpoint_state_and_history(trained):
@@ -155,3 +154,17 @@ def test_two_rank_training_stays_in_sync(toy_manifest, cache_dir, tmp_path):
     history = [json.loads(x) for x in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 3 * (432 // 64)  # global batch 64 = 2 ranks x 32
     assert history[-1]["loss_loc"] < history[0]["loss_loc"]
+
+
+def test_trainable_backbone_trains_and_travels_in_the_checkpoint(toy_manifest, tmp_path):
+    from gtloc_engine.model import GTLoc
+
+    model_cfg = preset("tiny", backbone={"name": "gtloc-tiny-vit", "pretrained": None, "trainable": True})
+    trainer = Trainer(toy_config(tmp_path / "ft", toy_manifest, tmp_path / "cache", epochs=2,
+                                 model=model_cfg.to_dict()))
+    history = trainer.run()
+    assert np.isfinite(history[-1]["loss"])
+    initial = GTLoc(model_cfg, seed=0).backbone.fingerprint()
+    loaded = load_checkpoint(tmp_path / "ft" / MODEL_FILE)
+    assert loaded.backbone.fingerprint() == trainer.model.backbone.fingerprint() != initial
+    assert not (tmp_path / "cache").exists()  # a training backbone has nothing to cache

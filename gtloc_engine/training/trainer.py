@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from gtloc_engine.errors import GtlocError
-from gtloc_engine.evaluation.metrics import geolocation_metrics, recall_at_k, time_metrics
+from gtloc_engine.errors import BadPhotoError, GtlocError
+from gtloc_engine.evaluation.runner import evaluate_embeddings
 from gtloc_engine.inference.predictor import Predictor
-from gtloc_engine.model.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from gtloc_engine.io.photos import load_photo_rgb
+from gtloc_engine.io.atomic import atomic_write
+from gtloc_engine.model.checkpoint import load_checkpoint, save_checkpoint
 from gtloc_engine.model.config import ModelConfig
 from gtloc_engine.model.gtloc import GTLoc
 from gtloc_engine.training.data import Record, read_manifest, scan_photo_folder, split_records
@@ -143,21 +146,6 @@ def parameter_checksum(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class PhotoDataset(torch.utils.data.Dataset):
-    """Decoded, transformed photos for a trainable backbone; an unreadable photo raises (caught upstream)."""
-
-    def __init__(self, paths: list[Path], transform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from gtloc_engine.io.photos import load_photo_rgb
-
-        return self.transform(load_photo_rgb(self.paths[i]))
-
-
 def train_transform(model: GTLoc):
     from torchvision import transforms
 
@@ -211,6 +199,9 @@ class Trainer:
 
     def _prepare_inputs(self) -> None:
         """Cached features (frozen backbone) or photo datasets (trainable); drop photos that cannot be read."""
+        if not self.frozen:  # photos are decoded (and augmented) at every step, on threads
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.workers))
+            self._augment = train_transform(self.model)
         if self.frozen:
             cache = FeatureCache(self.model.backbone, self.cfg.cache_dir)
             if self.dist.main:  # one process computes the cache; the others wait and map it
@@ -218,9 +209,15 @@ class Trainer:
             self.dist.barrier()
             feats, failures = self._features(cache, self.train_records + self.val_records, quiet=True)
             valid = feats.valid
-        else:
+        else:  # check every photo once up front, so a bad one is reported and dropped, not fatal mid-epoch
             feats, failures = None, []
             valid = np.ones(len(self.train_records) + len(self.val_records), dtype=bool)
+            for i, r in enumerate(self.train_records + self.val_records):
+                try:
+                    load_photo_rgb(r.path, draft_size=(8, 8))
+                except BadPhotoError as exc:
+                    valid[i] = False
+                    failures.append((i, str(exc)))
         for _, reason in failures:
             if self.dist.main:
                 log.warning("skipped: %s", reason)
@@ -241,9 +238,10 @@ class Trainer:
     def _image_features(self, idx: np.ndarray, train: bool) -> torch.Tensor:
         if self.frozen:
             return self.features.get(idx)
-        transform = train_transform(self.model) if (train and self.cfg.augment) else self.model.backbone.preprocess
-        pixels = torch.stack([PhotoDataset([self.all_records[i].path], transform)[0] for i in idx])
-        return self.model.image_features(pixels)
+        transform = self._augment if (train and self.cfg.augment) else self.model.backbone.preprocess
+        size = self.model.backbone.image_size
+        decode = lambda i: transform(load_photo_rgb(self.all_records[i].path, draft_size=(size, size)))  # noqa: E731
+        return self.model.image_features(torch.stack(list(self._pool.map(decode, idx))))
 
     # -- optimisation -------------------------------------------------------------------------------------------
 
@@ -293,31 +291,14 @@ class Trainer:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """Geolocation over the training-place gallery, time over the month x hour grid, retrieval within val."""
+        """The evaluation suite on the validation photos (see evaluation.runner), prefixed 'val_'."""
         if len(self.val_idx) == 0:
             return {}
         self.model.eval()
         emb = torch.cat([self.model.embed_features(self._image_features(self.val_idx[i:i + 512], train=False))
                          for i in range(0, len(self.val_idx), 512)]).numpy()
-        predictor = Predictor(self.model)
-        out: dict[str, float] = {}
-        true_ll = self.latlon[self.val_idx].numpy()
-        if self.model.heads_trained["location"]:
-            probs = predictor.location_posterior(emb)
-            out.update({f"val_{k}": v for k, v in
-                        geolocation_metrics(true_ll, predictor.gallery_latlon_deg[probs.argmax(1)]).items()})
-            loc_emb = self.model.embed_locations(torch.as_tensor(true_ll)).numpy()
-            out.update({f"val_place_{k}": v for k, v in recall_at_k(emb @ loc_emb.T).items()})
-        timed = ~np.isnan(self.torus[self.val_idx, 0].numpy())
-        if self.model.heads_trained["time"] and timed.any():
-            grids = predictor.time_posterior(emb[timed])
-            est = [predictor.estimate_time(g) for g in grids]
-            true_t = self.torus[self.val_idx][timed].numpy() * np.array([12.0, 24.0])
-            pred_t = np.array([(e.month_pos, e.hour_local) for e in est])
-            out.update({f"val_{k}": v for k, v in time_metrics(true_t, pred_t).items()})
-            time_emb = self.model.embed_times(torch.as_tensor(self.torus[self.val_idx][timed])).numpy()
-            out.update({f"val_time_{k}": v for k, v in recall_at_k(emb[timed] @ time_emb.T).items()})
-        return out
+        metrics = evaluate_embeddings(Predictor(self.model), emb, [self.all_records[i] for i in self.val_idx])
+        return {f"val_{k}": v for k, v in metrics.items()}
 
     # -- state --------------------------------------------------------------------------------------------------
 
