@@ -168,3 +168,30 @@ def test_trainable_backbone_trains_and_travels_in_the_checkpoint(toy_manifest, t
     loaded = load_checkpoint(tmp_path / "ft" / MODEL_FILE)
     assert loaded.backbone.fingerprint() == trainer.model.backbone.fingerprint() != initial
     assert not (tmp_path / "cache").exists()  # a training backbone has nothing to cache
+
+
+def test_training_from_a_photo_folder_reads_place_and_time_from_exif(tmp_path, caplog):
+    from PIL import Image
+
+    from gtloc_engine.io.exif import write_jpeg_with_exif
+    from gtloc_engine.synth import write_dataset
+    from gtloc_engine.training.data import read_manifest, scan_photo_folder
+
+    manifest = write_dataset(tmp_path / "sw", 40, seed=1, untimed_fraction=0.5)
+    Image.new("RGB", (16, 16)).save(tmp_path / "sw" / "photos" / "no_exif.jpg")
+    write_jpeg_with_exif(Image.new("RGB", (16, 16)), tmp_path / "sw" / "photos" / "time_only.jpg",
+                         local_datetime=__import__("datetime").datetime(2020, 1, 1, 12))
+    from_exif = {r.path.name: r for r in scan_photo_folder(tmp_path / "sw" / "photos")}
+    from_manifest = {r.path.name: r for r in read_manifest(manifest)}
+    assert set(from_exif) == set(from_manifest)  # the two photos without GPS are skipped
+    assert "2 photos" in caplog.text
+    for name, r in from_manifest.items():
+        e = from_exif[name]
+        assert abs(e.lat_deg - r.lat_deg) < 1e-5 and abs(e.lon_deg - r.lon_deg) < 1e-5
+        assert (e.torus is None) == (r.torus is None)
+        if r.torus is not None:
+            assert np.allclose(e.torus, r.torus, atol=1e-6)
+    cfg = toy_config(tmp_path / "run", None, tmp_path / "cache", epochs=1, batch_size=8)
+    cfg.manifest, cfg.photo_dir = None, str(tmp_path / "sw" / "photos")
+    history = Trainer(cfg).run()
+    assert np.isfinite(history[-1]["loss_loc"]) and np.isfinite(history[-1]["loss_time"])
