@@ -53,8 +53,8 @@ class Backbone(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try:
-                quiet = logging.getLogger().level
-                logging.getLogger().setLevel(max(quiet, logging.ERROR))  # open_clip warns on every random init
+                # open_clip warns on every random init and the hub logs each failed try; our error says it once.
+                logging.disable(logging.ERROR)
                 model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=pretrained)
             except GtlocError:
                 raise
@@ -65,7 +65,7 @@ class Backbone(nn.Module):
                     "or pass a local weights file"
                 ) from None
             finally:
-                logging.getLogger().setLevel(quiet)
+                logging.disable(logging.NOTSET)
         self.clip = model
         self.preprocess = preprocess
         self.feature_dim = int(model.visual.output_dim)

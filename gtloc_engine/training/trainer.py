@@ -407,6 +407,7 @@ class Trainer:
                 log.info("epoch %d: %s", self.epoch, json.dumps({k: round(v, 4) for k, v in record.items()}))
             else:
                 self.history.append(record)
-            log.info("rank %d/%d parameter checksum %s after epoch %d", self.dist.rank, self.dist.world,
-                     checksum, self.epoch)
+            if self.dist.world > 1:
+                log.info("rank %d/%d parameter checksum %s after epoch %d", self.dist.rank, self.dist.world,
+                         checksum, self.epoch)
         return self.history
