@@ -204,10 +204,12 @@ class Trainer:
             self._augment = train_transform(self.model)
         if self.frozen:
             cache = FeatureCache(self.model.backbone, self.cfg.cache_dir)
+            records = self.train_records + self.val_records
             if self.dist.main:  # one process computes the cache; the others wait and map it
-                self._features(cache, self.train_records + self.val_records)
+                feats, failures = self._features(cache, records)
             self.dist.barrier()
-            feats, failures = self._features(cache, self.train_records + self.val_records, quiet=True)
+            if not self.dist.main:
+                feats, failures = self._features(cache, records, quiet=True)
             valid = feats.valid
         else:  # check every photo once up front, so a bad one is reported and dropped, not fatal mid-epoch
             feats, failures = None, []
