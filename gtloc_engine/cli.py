@@ -95,7 +95,7 @@ def cmd_embed(args) -> int:
     import numpy as np
     import torch
 
-    from gtloc_engine.inference.predictor import Predictor
+    from gtloc_engine.inference.predictor import embed_photos
     from gtloc_engine.io.photos import file_sha256, iter_photo_paths
     from gtloc_engine.model.checkpoint import load_checkpoint
     from gtloc_engine.timecode import torus_coords
@@ -105,7 +105,7 @@ def cmd_embed(args) -> int:
     status = EXIT_OK
     if args.photos:
         paths = iter_photo_paths(args.photos)
-        emb, ok, failures = Predictor(model).embed_photos(paths)
+        emb, ok, failures = embed_photos(model, paths)  # no gallery needed just to embed
         for _, reason in failures:
             print(f"gtloc: error: {reason}", file=sys.stderr)
         status = EXIT_PARTIAL if failures else EXIT_OK

@@ -52,6 +52,22 @@ def time_grid_torus(month_bins: int = MONTH_BINS, hour_bins: int = HOUR_BINS) ->
     return np.stack((tt.ravel(), pp.ravel()), axis=-1)
 
 
+@torch.inference_mode()
+def embed_photos(model: GTLoc, paths: Sequence[str | Path], *, batch_size: int = 32, workers: int = 2
+                 ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Image embeddings of the photos that could be read, their indices, and (index, reason) failures."""
+    backbone = model.backbone
+    embs, ok, failures = [], [], []
+    for batch in iter_pixel_batches(paths, backbone.preprocess, batch_size=batch_size, workers=workers,
+                                    draft_px=backbone.image_size):
+        if batch.pixels is not None:
+            embs.append(model.embed_images(batch.pixels))
+            ok.extend(batch.indices)
+        failures.extend(batch.failures)
+    dim = model.cfg.embed_dim
+    return (torch.cat(embs).numpy() if embs else np.zeros((0, dim), np.float32)), ok, failures
+
+
 class Predictor:
     """Location and time posteriors for images, from a GTLoc model and its galleries."""
 
@@ -70,20 +86,9 @@ class Predictor:
             ])
             self.time_emb = model.embed_times(torch.as_tensor(self.time_grid, dtype=torch.float32))
 
-    @torch.inference_mode()
     def embed_photos(self, paths: Sequence[str | Path], *, batch_size: int = 32, workers: int = 2
                      ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-        """Image embeddings of the photos that could be read, their indices, and (index, reason) failures."""
-        backbone = self.model.backbone
-        embs, ok, failures = [], [], []
-        for batch in iter_pixel_batches(paths, backbone.preprocess, batch_size=batch_size, workers=workers,
-                                        draft_px=backbone.image_size):
-            if batch.pixels is not None:
-                embs.append(self.model.embed_images(batch.pixels))
-                ok.extend(batch.indices)
-            failures.extend(batch.failures)
-        dim = self.model.cfg.embed_dim
-        return (torch.cat(embs).numpy() if embs else np.zeros((0, dim), np.float32)), ok, failures
+        return embed_photos(self.model, paths, batch_size=batch_size, workers=workers)
 
     @torch.inference_mode()
     def location_posterior(self, image_emb: np.ndarray) -> np.ndarray:
