@@ -171,3 +171,33 @@ def test_config_rejects_bad_values():
         ModelConfig.from_dict({"location": {"sigmas": []}})
     with pytest.raises(GtlocError, match="unknown"):
         ModelConfig.from_dict({"embed_dims": 3})
+    with pytest.raises(GtlocError, match="feature_norm"):
+        preset("tiny", feature_norm="layer")
+
+
+def test_feature_norm_separates_near_identical_backbone_features():
+    """A random backbone gives almost the same feature vector for every photo; standardising spreads them out."""
+    torch.manual_seed(0)
+    common = torch.randn(1, 32)
+    features = common + 1e-3 * torch.randn(256, 32)  # cosine ~0.9999 between any two photos
+    spread = {}
+    for norm in ("none", "batchnorm"):
+        model = GTLoc(preset("tiny", feature_norm=norm), seed=0)
+        model.adapter = type(model.adapter)(32, 64, model.cfg.embed_dim, norm)
+        model.train()
+        emb = model.embed_features(features)
+        spread[norm] = (emb @ emb.T).mean().item()
+    assert spread["none"] > 0.99
+    assert spread["batchnorm"] < 0.5
+
+
+def test_feature_norm_statistics_travel_in_the_checkpoint(tmp_path):
+    model = GTLoc(preset("tiny"), seed=0)
+    model.train()
+    model.embed_features(5.0 + torch.randn(64, model.backbone.feature_dim))  # updates the running statistics
+    save_checkpoint(tmp_path / "m.safetensors", model, {})
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert torch.equal(loaded.adapter.norm.running_mean, model.adapter.norm.running_mean)
+    assert 0.4 < loaded.adapter.norm.running_mean.mean() < 0.6  # one batch moves it 1/10 of the way to 5
+    x = torch.randn(4, model.backbone.feature_dim)
+    torch.testing.assert_close(loaded.eval().embed_features(x), model.eval().embed_features(x))

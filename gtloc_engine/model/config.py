@@ -10,6 +10,7 @@ from typing import Any
 from gtloc_engine.errors import GtlocError
 
 TIME_INPUTS = ("angles", "circle")
+FEATURE_NORMS = ("none", "batchnorm")
 
 
 @dataclass
@@ -47,6 +48,9 @@ class ModelConfig:
     # which makes the time encoder exactly periodic (Dec 31 and Jan 1 map to the same input neighbourhood).
     time_input: str = "angles"
     logit_scale_init: float = math.log(1.0 / 0.07)
+    # 'batchnorm' standardises backbone features before the adapter (needed for random / from-scratch backbones,
+    # see model/encoders.py ImageAdapter); 'none' feeds them as they are (CLIP, GeoCLIP).
+    feature_norm: str = "none"
 
     def validate(self) -> "ModelConfig":
         if self.embed_dim <= 0:
@@ -55,9 +59,12 @@ class ModelConfig:
             raise GtlocError(f"model config: time_input {self.time_input!r} must be one of {TIME_INPUTS}")
         for name, rff in (("location", self.location), ("time", self.time)):
             if not rff.sigmas or any(not (s > 0) for s in rff.sigmas):
-                raise GtlocError(f"model config: {name}.sigmas {rff.sigmas} must be a non-empty list of positive numbers")
+                raise GtlocError(
+                    f"model config: {name}.sigmas {rff.sigmas} must be a non-empty list of positive numbers")
             if rff.rff_dim <= 0 or rff.hidden_dim <= 0 or rff.hidden_layers < 1:
                 raise GtlocError(f"model config: {name} sizes {rff} must be positive (hidden_layers >= 1)")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise GtlocError(f"model config: feature_norm {self.feature_norm!r} must be one of {FEATURE_NORMS}")
         if not self.backbone.name:
             raise GtlocError("model config: backbone.name is empty")
         return self
@@ -83,6 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Seconds-fast model for tests: a random tiny ViT, small MLPs.
     "tiny": {
         "embed_dim": 64,
+        "feature_norm": "batchnorm",
         "backbone": {"name": "gtloc-tiny-vit", "pretrained": None, "trainable": False},
         "location": {"rff_dim": 64, "hidden_dim": 128, "hidden_layers": 2},
         "time": {"rff_dim": 64, "hidden_dim": 128, "hidden_layers": 2},
@@ -90,6 +98,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The offline demo and synthetic benchmarks: a small CNN trained from scratch with the heads.
     "small": {
         "embed_dim": 128,
+        "feature_norm": "batchnorm",
         "backbone": {"name": "gtloc-small-resnet", "pretrained": None, "trainable": True},
         "location": {"rff_dim": 128, "hidden_dim": 256, "hidden_layers": 2},
         "time": {"rff_dim": 128, "hidden_dim": 256, "hidden_layers": 2},

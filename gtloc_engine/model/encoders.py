@@ -83,11 +83,20 @@ class TimeEncoder(nn.Module):
 
 
 class ImageAdapter(nn.Module):
-    """Trainable head on backbone features: Linear(d, h) - ReLU - Linear(h, embed_dim), as GeoCLIP's MLP."""
+    """Trainable head on backbone features: Linear(d, h) - ReLU - Linear(h, embed_dim), as GeoCLIP's MLP.
 
-    def __init__(self, feature_dim: int, hidden_dim: int, embed_dim: int):
+    feature_norm 'batchnorm' standardises each feature over the training photos first (BatchNorm1d without affine
+    parameters; running statistics at inference). A randomly initialised backbone gives features that are almost
+    the same vector for every photo (cosine ~0.9997 on SunWorld): without standardisation the adapter sees a
+    near-constant input and training collapses to uniform similarities. CLIP features need none (GeoCLIP uses none).
+    """
+
+    def __init__(self, feature_dim: int, hidden_dim: int, embed_dim: int, feature_norm: str = "none"):
         super().__init__()
+        # eps far below the ~1e-7 feature variance of a random backbone, so it does not swamp it
+        batchnorm = feature_norm == "batchnorm"
+        self.norm = nn.BatchNorm1d(feature_dim, eps=1e-8, affine=False) if batchnorm else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, embed_dim))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.mlp(features)
+        return self.mlp(self.norm(features))

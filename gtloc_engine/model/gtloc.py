@@ -25,7 +25,7 @@ class GTLoc(nn.Module):
         self.cfg = cfg.validate()
         self.backbone = Backbone(cfg.backbone, load_weights=load_backbone_weights, seed=seed)
         feat = self.backbone.feature_dim
-        self.adapter = ImageAdapter(feat, cfg.adapter_hidden_dim or feat, cfg.embed_dim)
+        self.adapter = ImageAdapter(feat, cfg.adapter_hidden_dim or feat, cfg.embed_dim, cfg.feature_norm)
         self.location_encoder = LocationEncoder(cfg.location, cfg.embed_dim, seed=seed)
         self.time_encoder = TimeEncoder(cfg.time, cfg.embed_dim, cfg.time_input, seed=seed + 1)
         self.logit_scale_loc = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
