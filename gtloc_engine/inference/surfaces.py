@@ -1,0 +1,383 @@
+"""Likelihood surfaces: the location posterior of one photo as probability mass per lat/lon cell.
+
+Normalisation. The model scores a place x as s(x) = logit_scale_loc * cos(image_emb, location_emb(x)). exp(s) is
+read as a density per unit area, so a cell's mass is exp(s(cell centre)) x (the cell's area on the sphere),
+normalised so that the cells of the whole globe sum to 1. Cells are regular in degrees (EPSG:4326), so they
+shrink towards the poles: area = R^2 * dlon * (sin(lat_north) - sin(lat_south)). `log_norm` is the log of that
+global sum in steradians; a regional surface uses the same one, so its masses are the global posterior's mass in
+its cells (they sum to less than 1). Cells are ranked by density (mass / area), never by mass, so small
+high-latitude cells are not penalised (credible regions, credible_level, modes).
+
+Cost per photo (everything after the image embedding); the location encoder runs only where stated:
+- Global surface: a cached coarse grid (default 0.5 deg, 259,200 cells; 530 MB float32 at D=512, computed
+  once per model by constants.py) gives scores by one matvec; they are upsampled bicubically (longitudes wrap,
+  latitudes clamp at the poles) to the requested resolution (default 0.25, down to 0.05 deg); then the
+  densest coarse cells, within a budget of `refine_points` encoder evaluations, are re-scored exactly at the
+  fine cell centres. A 0.25 deg cache (1.04M cells) would cost 2.1 GB on disk and ~0.4 s of memory traffic per
+  photo at D=512, for detail the regional surfaces give better.
+- Regional surfaces (~1 km cells): one window per mode, centred on the mode's cell, `regional_half_km` (50 km)
+  each way, or 1.5 global cells if that is more (so that the window holds the mode's cell and its neighbours,
+  where the continuous peak lies): 2 * 50 + 1 = 101 rows of cell_km / 111.19 deg at the default 0.25 deg, and
+  as many columns as cover the same km at the mode's latitude (at most 4x the rows, near the poles). Rows past +-90 deg are clipped. Windows are kept
+  contiguous across the antimeridian (east may exceed 180 or west fall below -180; GIS software draws them
+  there) and the encoder sees wrapped longitudes. The encoder is evaluated on a lattice and the scores are
+  interpolated bicubically to the cells: the location encoder is band-limited by its random Fourier features
+  (shortest period = 1 / the largest row norm of B, in Equal Earth units: ~20 km at the equator for sigma 2^8),
+  so the lattice takes `samples_per_period` (4) samples per shortest period along each axis, converted to km
+  through the local Jacobian of the projection (denser at high latitudes, where Equal Earth stretches
+  longitudes). ReLU harmonics above that band are smoothed: measured against exact evaluation, the masses
+  differ by 2-5% (L1, tiny model; bench/bench_surfaces.py). `regional_sample_km <= cell_km` evaluates every cell.
+- Modes (`find_candidates`): greedy non-maximum suppression on density: the densest cell, then the densest cell
+  farther than 2 * radius_km from every chosen one, and so on. A candidate's probability is the mass within
+  radius_km of it (discs do not overlap, so probabilities sum to at most 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from affine import Affine
+
+from gtloc_engine.errors import GtlocError
+from gtloc_engine.geo import EARTH_RADIUS_KM, equal_earth, haversine_km
+from gtloc_engine.inference.constants import cached_location_embeddings, model_key
+from gtloc_engine.model.gtloc import GTLoc
+
+KM_PER_DEG_LAT = math.pi * EARTH_RADIUS_KM / 180.0  # 111.19 km on the mean sphere
+SURFACE_KINDS = ("global", "regional")
+MAX_LOGIT_SCALE = 100.0  # as Predictor: the scale is clamped the same way in training
+
+
+@dataclass
+class SurfaceConfig:
+    """How surfaces are computed; every field trades speed against detail (see the module docstring)."""
+
+    coarse_res_deg: float = 0.5  # cached grid; must be a multiple of the global resolution
+    refine_points: int = 512  # exact encoder evaluations per photo on the global grid (0: interpolation only)
+    regional_half_km: float = 50.0  # regional window: this far each way from the mode
+    samples_per_period: float = 4.0  # regional lattice: encoder evaluations per shortest Fourier period
+    regional_sample_km: float | None = None  # fixed lattice spacing instead (<= cell_km: every cell exactly)
+    candidate_radius_km: float = 100.0  # a candidate's probability is the mass within this radius
+
+    def validate(self) -> SurfaceConfig:
+        if not (0 < self.coarse_res_deg <= 10) or self.refine_points < 0 or self.regional_half_km <= 0 \
+                or self.candidate_radius_km <= 0 or self.samples_per_period <= 0 \
+                or (self.regional_sample_km is not None and self.regional_sample_km <= 0):
+            raise GtlocError(f"surface config {self} has a non-positive size; use positive resolutions and radii")
+        return self
+
+
+@dataclass
+class Surface:
+    """Probability mass per cell on a north-up lat/lon grid (EPSG:4326), row 0 at `north_deg`, col 0 at `west_deg`."""
+
+    mass_per_cell: np.ndarray  # (H, W) float32
+    west_deg: float
+    north_deg: float
+    res_deg: float
+    kind: str  # 'global' | 'regional'
+    model_key: str = ""
+    log_norm: float = math.nan  # log of sum over the globe of exp(score) * cell area (sr); shared by regional ones
+    tags: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.mass_per_cell.shape)
+
+    @property
+    def transform(self) -> Affine:
+        return Affine.translation(self.west_deg, self.north_deg) @ Affine.scale(self.res_deg, -self.res_deg)
+
+    @property
+    def bounds_deg(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) in degrees."""
+        h, w = self.shape
+        return (self.west_deg, self.north_deg - h * self.res_deg, self.west_deg + w * self.res_deg, self.north_deg)
+
+    @property
+    def lat_centres_deg(self) -> np.ndarray:
+        return self.north_deg - (np.arange(self.shape[0]) + 0.5) * self.res_deg
+
+    @property
+    def lon_centres_deg(self) -> np.ndarray:
+        return self.west_deg + (np.arange(self.shape[1]) + 0.5) * self.res_deg
+
+    @property
+    def cell_area_km2(self) -> np.ndarray:
+        """(H, 1) area of each row's cells on the sphere of radius EARTH_RADIUS_KM."""
+        return row_area_sr(self.north_deg, self.res_deg, self.shape[0])[:, None] * EARTH_RADIUS_KM**2
+
+    @property
+    def density_per_km2(self) -> np.ndarray:
+        """(H, W) float32 probability per km2: the quantity cells are ranked by."""
+        return (self.mass_per_cell / self.cell_area_km2).astype(np.float32)
+
+    @property
+    def total_mass(self) -> float:
+        return float(self.mass_per_cell.sum(dtype=np.float64))
+
+    def cell_index(self, lat_deg: float, lon_deg: float) -> tuple[int, int] | None:
+        """(row, col) of the cell holding the place (longitudes tried modulo 360), or None outside the surface."""
+        h, w = self.shape
+        row = math.floor((self.north_deg - lat_deg) / self.res_deg)
+        if lat_deg == self.north_deg - h * self.res_deg:
+            row = h - 1  # the southern edge belongs to the last row (the south pole of a global grid)
+        if not 0 <= row < h:
+            return None
+        for shift in (0.0, 360.0, -360.0):
+            col = math.floor((lon_deg + shift - self.west_deg) / self.res_deg)
+            if col == w and abs(lon_deg + shift - (self.west_deg + w * self.res_deg)) < 1e-9:
+                col = w - 1  # the eastern edge (+180 on a global grid) belongs to the last column
+            if 0 <= col < w:
+                return row, col
+        return None
+
+    def peak_latlon_deg(self) -> tuple[float, float]:
+        """Centre of the densest cell, longitude wrapped to [-180, 180)."""
+        row, col = np.unravel_index(int(np.argmax(self.density_per_km2)), self.shape)
+        return float(self.lat_centres_deg[row]), float(wrap_lon_deg(self.lon_centres_deg[col]))
+
+
+@dataclass
+class Candidate:
+    """A mode of the posterior: rank (1 = best), cell centre, and the mass within radius_km of it."""
+
+    rank: int
+    lat_deg: float
+    lon_deg: float
+    probability: float
+    radius_km: float
+
+    def to_json(self) -> dict:
+        return {"rank": self.rank, "lat_deg": round(self.lat_deg, 6), "lon_deg": round(self.lon_deg, 6),
+                "probability": self.probability, "radius_km": self.radius_km}
+
+
+def wrap_lon_deg(lon_deg):
+    """Longitude(s) wrapped to [-180, 180)."""
+    return (np.asarray(lon_deg, dtype=np.float64) + 180.0) % 360.0 - 180.0
+
+
+def row_area_sr(north_deg: float, res_deg: float, n_rows: int) -> np.ndarray:
+    """(n_rows,) solid angle of one res_deg x res_deg cell in each row, rows from north_deg southwards."""
+    edges = np.radians(np.clip(north_deg - np.arange(n_rows + 1) * res_deg, -90.0, 90.0))
+    return np.radians(res_deg) * (np.sin(edges[:-1]) - np.sin(edges[1:]))
+
+
+def grid_rows(res_deg: float, what: str) -> int:
+    """Rows of a global grid at res_deg (180 / res_deg); resolutions must tile the globe exactly."""
+    rows = 180.0 / res_deg if res_deg > 0 else 0.0
+    if rows < 1 or abs(rows - round(rows)) > 1e-6:
+        raise GtlocError(f"{what} {res_deg} deg does not tile the globe; use e.g. 1, 0.5, 0.25, 0.1 or 0.05")
+    return round(rows)
+
+
+def global_centres_latlon(res_deg: float) -> np.ndarray:
+    """(H * W, 2) lat/lon cell centres of the global grid at res_deg, row-major from the north-west."""
+    h, w = round(180.0 / res_deg), round(360.0 / res_deg)
+    lat = 90.0 - (np.arange(h) + 0.5) * res_deg
+    lon = -180.0 + (np.arange(w) + 0.5) * res_deg
+    la, lo = np.meshgrid(lat, lon, indexing="ij")
+    return np.stack((la.ravel(), lo.ravel()), axis=-1)
+
+
+def upsample_scores(coarse: np.ndarray, factor: int) -> np.ndarray:
+    """Bicubic upsampling of a global (H, W) field by an integer factor, wrapping in longitude, clamped at the poles."""
+    if factor == 1:
+        return coarse.astype(np.float32)
+    pad = 2  # bicubic reaches two samples each way
+    padded = np.concatenate((coarse[:, -pad:], coarse, coarse[:, :pad]), axis=1)
+    padded = np.concatenate((padded[:1].repeat(pad, 0), padded, padded[-1:].repeat(pad, 0)), axis=0)
+    up = F.interpolate(torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None, None],
+                       scale_factor=factor, mode="bicubic", align_corners=False)[0, 0]
+    return up[pad * factor:-pad * factor, pad * factor:-pad * factor].numpy()
+
+
+def shortest_fourier_period(model: GTLoc) -> float:
+    """Shortest period of the location encoder's Fourier features, in its (scaled Equal Earth) input units."""
+    return 1.0 / max(float(branch.capsule[0].b.norm(dim=1).max()) for branch in model.location_encoder.rff.branches)
+
+
+def equal_earth_units_per_km(lat_deg: float, lon_deg: float) -> tuple[float, float]:
+    """How far the encoder's input moves per km north and per km east at a place (finite differences)."""
+    d_deg = 1e-3
+    pts = torch.tensor([[lat_deg, lon_deg], [lat_deg + d_deg, lon_deg], [lat_deg, lon_deg + d_deg]],
+                       dtype=torch.float64)
+    pts[:, 0].clamp_(-90.0 + d_deg, 90.0 - d_deg)
+    ee = equal_earth(pts)
+    km_east = d_deg * KM_PER_DEG_LAT * max(math.cos(math.radians(lat_deg)), 1e-3)
+    return float((ee[1] - ee[0]).norm()) / (d_deg * KM_PER_DEG_LAT), float((ee[2] - ee[0]).norm()) / km_east
+
+
+def find_candidates(surface: Surface, k: int = 5, *, radius_km: float = 100.0) -> list[Candidate]:
+    """Up to k modes by density, at least 2 * radius_km apart, each with the mass within radius_km."""
+    density = surface.density_per_km2.ravel()
+    n_pool = min(density.size, max(20_000, 50 * k))
+    pool = np.argpartition(-density, n_pool - 1)[:n_pool] if n_pool < density.size else np.arange(density.size)
+    pool = pool[np.argsort(-density[pool], kind="stable")]
+    lat_c, lon_c = surface.lat_centres_deg, surface.lon_centres_deg
+    rows, cols = np.unravel_index(pool, surface.shape)
+    pool_latlon = np.stack((lat_c[rows], lon_c[cols]), axis=-1)
+    alive = np.ones(len(pool), bool)
+    out: list[Candidate] = []
+    while len(out) < k and alive.any():
+        i = int(np.argmax(alive))
+        centre = pool_latlon[i]
+        alive &= haversine_km(pool_latlon, centre) > 2.0 * radius_km
+        # Only the rows within radius_km of the centre can hold cells of its disc.
+        band = np.abs(lat_c - centre[0]) <= radius_km / KM_PER_DEG_LAT + surface.res_deg
+        la, lo = np.meshgrid(lat_c[band], lon_c, indexing="ij")
+        in_disc = haversine_km(np.stack((la, lo), axis=-1), centre) <= radius_km
+        prob = float(surface.mass_per_cell[band][in_disc].sum(dtype=np.float64))
+        out.append(Candidate(len(out) + 1, float(centre[0]), float(wrap_lon_deg(centre[1])), prob, radius_km))
+    return out
+
+
+def credible_level(surface: Surface, lat_deg: float, lon_deg: float) -> float:
+    """Mass of the cells denser than the place's cell: the mass of the smallest credible region that contains it
+    (the place is inside the 90% region iff this is < 0.9). 1.0 for a place outside the surface."""
+    cell = surface.cell_index(lat_deg, lon_deg)
+    if cell is None:
+        return 1.0
+    density = surface.density_per_km2
+    return float(surface.mass_per_cell[density > density[cell]].sum(dtype=np.float64))
+
+
+class SurfaceMaker:
+    """Builds global and regional surfaces for image embeddings of one model; grid embeddings are model constants."""
+
+    def __init__(self, model: GTLoc, *, global_res_deg: float = 0.25, cache_dir=None,
+                 config: SurfaceConfig | None = None):
+        self.model = model.eval()
+        self.config = (config or SurfaceConfig()).validate()
+        fine_rows = grid_rows(global_res_deg, "global resolution")
+        coarse_res_deg = max(self.config.coarse_res_deg, global_res_deg)
+        coarse_rows = grid_rows(coarse_res_deg, "cached grid resolution")
+        if fine_rows % coarse_rows:
+            raise GtlocError(f"global resolution {global_res_deg} deg must divide the cached grid's "
+                             f"{coarse_res_deg} deg; use e.g. 0.25, 0.1 or 0.05 with 0.5")
+        self.global_res_deg = global_res_deg
+        self.coarse_res_deg = coarse_res_deg
+        self.factor = fine_rows // coarse_rows
+        self.model_key = model_key(model)
+        self.logit_scale = float(model.logit_scale_loc.detach().exp().clamp(max=MAX_LOGIT_SCALE))
+        self.coarse_shape = (coarse_rows, 2 * coarse_rows)
+        self.coarse_emb = cached_location_embeddings(model, global_centres_latlon(coarse_res_deg),
+                                                     name=f"grid-{coarse_res_deg:g}deg", cache_dir=cache_dir)
+        self.fine_row_log_area = np.log(row_area_sr(90.0, global_res_deg, fine_rows))
+        self.fourier_period = shortest_fourier_period(model)
+        # The continuous peak near a mode lies in the mode's global cell or a neighbour: cover 1.5 cells each way.
+        self.regional_half_km = max(self.config.regional_half_km, 1.5 * global_res_deg * KM_PER_DEG_LAT)
+
+    def _query(self, image_emb: np.ndarray) -> np.ndarray:
+        q = np.asarray(image_emb, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.model.cfg.embed_dim or not np.all(np.isfinite(q)):
+            raise GtlocError(f"image embedding has shape {q.shape} or non-finite values; expected "
+                             f"({self.model.cfg.embed_dim},) from the same model")
+        return q / max(float(np.linalg.norm(q)), 1e-12)
+
+    @torch.inference_mode()
+    def scores_at(self, image_emb: np.ndarray, latlon_deg: np.ndarray) -> np.ndarray:
+        """(N,) exact scores (logit scale x cosine) at places, running the location encoder (longitudes wrapped)."""
+        q = torch.from_numpy(self._query(image_emb))
+        pts = np.asarray(latlon_deg, dtype=np.float64).reshape(-1, 2).copy()
+        pts[:, 1] = wrap_lon_deg(pts[:, 1])
+        out = [self.model.embed_locations(torch.as_tensor(pts[i:i + 8192], dtype=torch.float32)) @ q
+               for i in range(0, len(pts), 8192)]
+        return (self.logit_scale * torch.cat(out)).numpy() if out else np.zeros(0, np.float32)
+
+    def global_surface(self, image_emb: np.ndarray) -> Surface:
+        """The whole globe at global_res_deg; masses sum to 1."""
+        return self.global_surfaces(np.asarray(image_emb).reshape(1, -1))[0]
+
+    def global_surfaces(self, image_embs: np.ndarray) -> list[Surface]:
+        """global_surface for (N, D) embeddings: one pass over the cached grid for the whole batch."""
+        qs = np.stack([self._query(e) for e in np.asarray(image_embs)]) if len(image_embs) else None
+        if qs is None:
+            return []
+        coarse = self.logit_scale * (np.asarray(self.coarse_emb) @ qs.T)  # (cells, N): the grid is read once
+        return [self._global_from_coarse(q, coarse[:, i].reshape(self.coarse_shape)) for i, q in enumerate(qs)]
+
+    def _global_from_coarse(self, q: np.ndarray, coarse: np.ndarray) -> Surface:
+        scores = upsample_scores(coarse, self.factor)
+        f = self.factor
+        if f > 1 and self.config.refine_points >= f * f:
+            scores = self._refine(q, scores)
+        log_mass = torch.from_numpy(scores.astype(np.float64) + self.fine_row_log_area[:, None])
+        log_norm = float(torch.logsumexp(log_mass.ravel(), dim=0))
+        mass = torch.exp(log_mass - log_norm).numpy().astype(np.float32)
+        return Surface(mass, -180.0, 90.0, self.global_res_deg, "global", self.model_key, log_norm)
+
+    def _refine(self, q: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Exact scores at the fine cells of the densest coarse cells, as many as refine_points allows."""
+        f, (hc, wc) = self.factor, self.coarse_shape
+        log_mass = torch.from_numpy(scores + self.fine_row_log_area[:, None].astype(np.float32))
+        block_log_mass = torch.logsumexp(log_mass.reshape(hc, f, wc, f), dim=(1, 3)).numpy()
+        block_log_density = block_log_mass - np.log(row_area_sr(90.0, self.coarse_res_deg, hc))[:, None]
+        n_blocks = min(self.config.refine_points // (f * f), hc * wc)
+        blocks = np.argpartition(-block_log_density.ravel(), n_blocks - 1)[:n_blocks]
+        br, bc = np.unravel_index(blocks, (hc, wc))
+        sub = np.arange(f)
+        rows = (br[:, None, None] * f + sub[None, :, None]).repeat(f, axis=2).ravel()
+        cols = (bc[:, None, None] * f + sub[None, None, :]).repeat(f, axis=1).ravel()
+        res = self.global_res_deg
+        latlon = np.stack((90.0 - (rows + 0.5) * res, -180.0 + (cols + 0.5) * res), axis=-1)
+        scores = scores.copy()
+        scores[rows, cols] = self.scores_at(q, latlon)
+        return scores
+
+    def regional_surfaces(self, image_emb: np.ndarray, global_surface: Surface, *, n_modes: int = 3,
+                          cell_km: float = 1.0) -> list[Surface]:
+        """One ~cell_km raster around each of the top n_modes modes of the global surface (see module docstring)."""
+        if global_surface.kind != "global" or not math.isfinite(global_surface.log_norm):
+            raise GtlocError("regional surfaces need the global surface of the same photo (with its log_norm)")
+        if cell_km <= 0:
+            raise GtlocError(f"regional cell size {cell_km} km must be positive")
+        modes = find_candidates(global_surface, n_modes, radius_km=self.config.candidate_radius_km)
+        return [self._regional(image_emb, m.lat_deg, m.lon_deg, cell_km, global_surface.log_norm) for m in modes]
+
+    def regional_steps_km(self, lat_deg: float, lon_deg: float) -> tuple[float, float]:
+        """Regional lattice spacing (north-south, east-west) in km at a place."""
+        if self.config.regional_sample_km is not None:
+            return self.config.regional_sample_km, self.config.regional_sample_km
+        per_km_north, per_km_east = equal_earth_units_per_km(lat_deg, lon_deg)
+        step = self.fourier_period / self.config.samples_per_period
+        return step / per_km_north, step / per_km_east
+
+    def _regional(self, image_emb: np.ndarray, lat_deg: float, lon_deg: float, cell_km: float,
+                  log_norm: float) -> Surface:
+        res = cell_km / KM_PER_DEG_LAT
+        half = max(1, round(self.regional_half_km / cell_km))
+        n = 2 * half + 1
+        coslat = max(math.cos(math.radians(lat_deg)), 0.25)  # at most 4x the columns near the poles
+        half_cols = max(1, round(half / coslat))
+        n_cols = 2 * half_cols + 1
+        north = min(90.0, lat_deg + n / 2 * res)
+        south = max(-90.0, lat_deg - n / 2 * res)
+        n_rows = max(1, math.ceil((north - south) / res - 1e-9))
+        west = lon_deg - n_cols / 2 * res
+        lat_c = north - (np.arange(n_rows) + 0.5) * res
+        lon_c = west + (np.arange(n_cols) + 0.5) * res
+        # The encoder on a lattice (ends on the first and last cell centres), then bicubic interpolation.
+        row_step_km, col_step_km = self.regional_steps_km(lat_deg, lon_deg)
+        col_km = cell_km * math.cos(math.radians(lat_deg))
+        m_rows = min(n_rows, math.ceil((n_rows - 1) * cell_km / row_step_km) + 1)
+        m_cols = min(n_cols, math.ceil((n_cols - 1) * col_km / col_step_km) + 1)
+        if self.config.regional_sample_km is not None and self.config.regional_sample_km <= cell_km:
+            m_rows, m_cols = n_rows, n_cols
+        s_lat = np.linspace(lat_c[0], lat_c[-1], m_rows)
+        s_lon = np.linspace(lon_c[0], lon_c[-1], m_cols)
+        la, lo = np.meshgrid(s_lat, s_lon, indexing="ij")
+        lattice = self.scores_at(image_emb, np.stack((la.ravel(), lo.ravel()), axis=-1)).reshape(m_rows, m_cols)
+        if (m_rows, m_cols) == (n_rows, n_cols):
+            scores = lattice
+        else:
+            mode = "bicubic" if min(m_rows, m_cols) >= 4 else "bilinear"
+            scores = F.interpolate(torch.from_numpy(lattice)[None, None], size=(n_rows, n_cols), mode=mode,
+                                   align_corners=True)[0, 0].numpy()
+        log_mass = scores.astype(np.float64) + np.log(row_area_sr(north, res, n_rows))[:, None] - log_norm
+        return Surface(np.exp(log_mass).astype(np.float32), west, north, res, "regional", self.model_key, log_norm)
