@@ -13,20 +13,25 @@ import torch
 EARTH_RADIUS_KM = 6371.0
 # Equal Earth polynomial coefficients (Savric, Patterson, Jenny 2018) and GeoCLIP's scale to roughly [-1, 1].
 EE_A1, EE_A2, EE_A3, EE_A4 = 1.340264, -0.081106, 0.000893, 0.003796
-EE_SCALE = 66.50336 / 180.0
+EE_SF = 66.50336
+EE_SCALE = EE_SF / 180.0
 
 
 def equal_earth(latlon_deg: torch.Tensor) -> torch.Tensor:
-    """(N, 2) lat/lon degrees -> (N, 2) scaled Equal Earth (x, y), exactly as GeoCLIP's location encoder sees it."""
+    """(N, 2) lat/lon degrees -> (N, 2) scaled Equal Earth (x, y), exactly as GeoCLIP's location encoder sees it.
+
+    The float operations follow GeoCLIP's `equal_earth_projection` one for one (same constants, same powers,
+    same order): its sigma = 2^8 Fourier branch multiplies the projection by ~2 pi 256 |B|, so a one-ulp
+    difference here becomes ~1e-4 in the embedding, and imported GeoCLIP weights must see the same bits.
+    """
     lat = torch.deg2rad(latlon_deg[..., 0])
     lon = torch.deg2rad(latlon_deg[..., 1])
-    theta = torch.asin(math.sqrt(3.0) / 2.0 * torch.sin(lat))
-    t2 = theta * theta
-    t6 = t2 * t2 * t2
-    denom = 3.0 * (9.0 * EE_A4 * t6 * t2 + 7.0 * EE_A3 * t6 + 3.0 * EE_A2 * t2 + EE_A1)
-    x = 2.0 * math.sqrt(3.0) * lon * torch.cos(theta) / denom
-    y = EE_A4 * t6 * t2 * theta + EE_A3 * t6 * theta + EE_A2 * t2 * theta + EE_A1 * theta
-    return torch.stack((x, y), dim=-1) * EE_SCALE
+    sqrt3 = torch.sqrt(torch.tensor(3.0, dtype=lat.dtype, device=lat.device))
+    theta = torch.asin((sqrt3 / 2) * torch.sin(lat))
+    denom = 3 * (9 * EE_A4 * theta**8 + 7 * EE_A3 * theta**6 + 3 * EE_A2 * theta**2 + EE_A1)
+    x = (2 * sqrt3 * lon * torch.cos(theta)) / denom
+    y = EE_A4 * theta**9 + EE_A3 * theta**7 + EE_A2 * theta**3 + EE_A1 * theta
+    return (torch.stack((x, y), dim=-1) * EE_SF) / 180
 
 
 def haversine_km(a_latlon_deg: np.ndarray, b_latlon_deg: np.ndarray) -> np.ndarray:
@@ -44,7 +49,8 @@ def validate_latlon(lat_deg: float, lon_deg: float, where: str) -> None:
     from gtloc_engine.errors import GtlocError
 
     if not (math.isfinite(lat_deg) and math.isfinite(lon_deg)) or abs(lat_deg) > 90.0 or abs(lon_deg) > 180.0:
-        raise GtlocError(f"{where}: place ({lat_deg}, {lon_deg}) is not a valid lat_deg in [-90, 90], lon_deg in [-180, 180]")
+        raise GtlocError(
+            f"{where}: place ({lat_deg}, {lon_deg}) is not a valid lat_deg in [-90, 90], lon_deg in [-180, 180]")
 
 
 def fibonacci_sphere_latlon(n: int) -> np.ndarray:
