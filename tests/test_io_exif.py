@@ -7,6 +7,7 @@ import os
 import warnings
 
 import pytest
+from photo_files import dms, gps_position, save_jpeg_with_raw_exif, small_image
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
@@ -18,40 +19,13 @@ BASE = ExifTags.Base
 DMS_TOLERANCE_DEG = 1e-6
 
 
-def _small_image() -> Image.Image:
-    return Image.new("RGB", (24, 16), (90, 140, 200))
-
-
-def _save_jpeg_with_raw_exif(path, *, gps: dict | None = None, exif_ifd: dict | None = None) -> None:
-    """A JPEG whose EXIF is written tag by tag, to plant values write_jpeg_with_exif would refuse."""
-    exif = Image.Exif()
-    if gps:
-        exif[ExifTags.IFD.GPSInfo] = gps
-    if exif_ifd:
-        exif[ExifTags.IFD.Exif] = exif_ifd
-    _small_image().save(path, format="JPEG", exif=exif)
-
-
-def _dms(deg: int, minutes: int, seconds: float) -> tuple[IFDRational, IFDRational, IFDRational]:
-    return IFDRational(deg, 1), IFDRational(minutes, 1), IFDRational(round(seconds * 100), 100)
-
-
-def _gps_position(lat_ref, lat_dms, lon_ref, lon_dms) -> dict:
-    return {
-        GPS.GPSLatitudeRef: lat_ref,
-        GPS.GPSLatitude: lat_dms,
-        GPS.GPSLongitudeRef: lon_ref,
-        GPS.GPSLongitude: lon_dms,
-    }
-
-
 @pytest.mark.parametrize(
     ("lat_deg", "lon_deg"),
     [(48.8566, 2.3522), (-33.8688, 151.2093), (40.7128, -74.0060), (-22.906847, -43.172896)],
     ids=["north-east", "south-east", "north-west", "south-west"],
 )
 def test_round_trip_keeps_position_in_every_hemisphere(tmp_path, lat_deg, lon_deg):
-    path = write_jpeg_with_exif(_small_image(), tmp_path / "p.jpg", lat_deg=lat_deg, lon_deg=lon_deg)
+    path = write_jpeg_with_exif(small_image(), tmp_path / "p.jpg", lat_deg=lat_deg, lon_deg=lon_deg)
     claims = read_exif_claims(path)
     assert claims.has_place
     assert claims.lat_deg == pytest.approx(lat_deg, abs=DMS_TOLERANCE_DEG)
@@ -60,13 +34,13 @@ def test_round_trip_keeps_position_in_every_hemisphere(tmp_path, lat_deg, lon_de
 
 
 def test_round_trip_keeps_altitude_below_sea_level(tmp_path):
-    path = write_jpeg_with_exif(_small_image(), tmp_path / "p.jpg", lat_deg=31.5, lon_deg=35.5, alt_m=-430.25)
+    path = write_jpeg_with_exif(small_image(), tmp_path / "p.jpg", lat_deg=31.5, lon_deg=35.5, alt_m=-430.25)
     assert read_exif_claims(path).alt_m == pytest.approx(-430.25)
 
 
 def test_round_trip_keeps_subseconds_offset_and_gps_utc(tmp_path):
     local = dt.datetime(2023, 12, 31, 23, 50, 1, 250000)
-    path = write_jpeg_with_exif(_small_image(), tmp_path / "p.jpg", local_datetime=local, utc_offset_min=-180)
+    path = write_jpeg_with_exif(small_image(), tmp_path / "p.jpg", local_datetime=local, utc_offset_min=-180)
     claims = read_exif_claims(path)
     assert claims.has_time and not claims.has_place
     assert claims.local_datetime == local
@@ -76,7 +50,7 @@ def test_round_trip_keeps_subseconds_offset_and_gps_utc(tmp_path):
 
 def test_aware_datetime_gives_wall_clock_and_offset(tmp_path):
     aware = dt.datetime(2024, 7, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
-    claims = read_exif_claims(write_jpeg_with_exif(_small_image(), tmp_path / "p.jpg", local_datetime=aware))
+    claims = read_exif_claims(write_jpeg_with_exif(small_image(), tmp_path / "p.jpg", local_datetime=aware))
     assert claims.local_datetime == dt.datetime(2024, 7, 1, 12, 0)
     assert claims.utc_offset_min == 330
     assert claims.gps_utc_datetime == dt.datetime(2024, 7, 1, 6, 30, tzinfo=dt.timezone.utc)
@@ -84,7 +58,7 @@ def test_aware_datetime_gives_wall_clock_and_offset(tmp_path):
 
 def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     target = tmp_path / "out" / "p.jpg"
-    write_jpeg_with_exif(_small_image(), target, lat_deg=1.0, lon_deg=2.0)
+    write_jpeg_with_exif(small_image(), target, lat_deg=1.0, lon_deg=2.0)
     write_jpeg_with_exif(Image.new("RGBA", (8, 8)), target, lat_deg=3.0, lon_deg=4.0)
     assert os.listdir(target.parent) == ["p.jpg"]
     assert read_exif_claims(target).lat_deg == pytest.approx(3.0)
@@ -106,7 +80,7 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
 )
 def test_write_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(ValueError):
-        write_jpeg_with_exif(_small_image(), tmp_path / "p.jpg", **kwargs)
+        write_jpeg_with_exif(small_image(), tmp_path / "p.jpg", **kwargs)
     assert not list(tmp_path.iterdir())
 
 
@@ -123,14 +97,14 @@ def test_offset_is_derived_from_gps_utc_when_offset_tag_is_absent(
 ):
     path = tmp_path / "p.jpg"
     gps = {GPS.GPSDateStamp: gps_date, GPS.GPSTimeStamp: tuple(IFDRational(v, 1) for v in gps_time)}
-    _save_jpeg_with_raw_exif(path, gps=gps, exif_ifd={BASE.DateTimeOriginal: local})
+    save_jpeg_with_raw_exif(path, gps=gps, exif_ifd={BASE.DateTimeOriginal: local})
     assert read_exif_claims(path).utc_offset_min == expected_offset_min
 
 
 def test_no_offset_is_derived_when_clocks_differ_by_more_than_any_zone(tmp_path):
     path = tmp_path / "p.jpg"
     gps = {GPS.GPSDateStamp: "2024:06:03", GPS.GPSTimeStamp: tuple(IFDRational(v, 1) for v in (9, 0, 0))}
-    _save_jpeg_with_raw_exif(path, gps=gps, exif_ifd={BASE.DateTimeOriginal: "2024:06:01 09:00:00"})
+    save_jpeg_with_raw_exif(path, gps=gps, exif_ifd={BASE.DateTimeOriginal: "2024:06:01 09:00:00"})
     claims = read_exif_claims(path)
     assert claims.utc_offset_min is None
     assert claims.local_datetime == dt.datetime(2024, 6, 1, 9, 0)
@@ -139,8 +113,8 @@ def test_no_offset_is_derived_when_clocks_differ_by_more_than_any_zone(tmp_path)
 
 def test_latitude_95_is_no_claim_with_a_note(tmp_path):
     path = tmp_path / "p.jpg"
-    gps = _gps_position("N", _dms(95, 0, 0), "E", _dms(10, 0, 0))
-    _save_jpeg_with_raw_exif(path, gps=gps)
+    gps = gps_position("N", dms(95, 0, 0), "E", dms(10, 0, 0))
+    save_jpeg_with_raw_exif(path, gps=gps)
     claims = read_exif_claims(path)
     assert not claims.has_place and claims.lat_deg is None and claims.lon_deg is None
     assert "GPS latitude 95.0 out of range" in claims.notes
@@ -148,8 +122,8 @@ def test_latitude_95_is_no_claim_with_a_note(tmp_path):
 
 def test_longitude_over_180_is_no_claim(tmp_path):
     path = tmp_path / "p.jpg"
-    gps = _gps_position("N", _dms(10, 0, 0), "W", _dms(180, 30, 0))
-    _save_jpeg_with_raw_exif(path, gps=gps)
+    gps = gps_position("N", dms(10, 0, 0), "W", dms(180, 30, 0))
+    save_jpeg_with_raw_exif(path, gps=gps)
     claims = read_exif_claims(path)
     assert not claims.has_place
     assert any("longitude" in note and "out of range" in note for note in claims.notes)
@@ -159,13 +133,13 @@ def test_zero_denominators_are_no_claims_with_notes(tmp_path):
     path = tmp_path / "p.jpg"
     zero = IFDRational(0, 0)
     gps = {
-        **_gps_position("S", (IFDRational(12, 1), zero, IFDRational(1, 0)), "W", _dms(43, 10, 0)),
+        **gps_position("S", (IFDRational(12, 1), zero, IFDRational(1, 0)), "W", dms(43, 10, 0)),
         GPS.GPSAltitudeRef: 0,
         GPS.GPSAltitude: IFDRational(5, 0),
         GPS.GPSDateStamp: "2024:01:01",
         GPS.GPSTimeStamp: (IFDRational(1, 1), zero, IFDRational(0, 1)),
     }
-    _save_jpeg_with_raw_exif(path, gps=gps)
+    save_jpeg_with_raw_exif(path, gps=gps)
     claims = read_exif_claims(path)
     assert (claims.lat_deg, claims.lon_deg, claims.alt_m, claims.gps_utc_datetime) == (None, None, None, None)
     assert sum("zero denominator" in note for note in claims.notes) == 3
@@ -174,8 +148,8 @@ def test_zero_denominators_are_no_claims_with_notes(tmp_path):
 @pytest.mark.parametrize("ref", ["X", "", b"\x00"])
 def test_unknown_hemisphere_ref_is_no_claim(tmp_path, ref):
     path = tmp_path / "p.jpg"
-    gps = _gps_position(ref, _dms(10, 0, 0), "E", _dms(10, 0, 0))
-    _save_jpeg_with_raw_exif(path, gps=gps)
+    gps = gps_position(ref, dms(10, 0, 0), "E", dms(10, 0, 0))
+    save_jpeg_with_raw_exif(path, gps=gps)
     claims = read_exif_claims(path)
     assert not claims.has_place
     assert any("ref" in note for note in claims.notes)
@@ -183,15 +157,15 @@ def test_unknown_hemisphere_ref_is_no_claim(tmp_path, ref):
 
 def test_null_island_placeholder_is_no_claim(tmp_path):
     path = tmp_path / "p.jpg"
-    gps = _gps_position("N", _dms(0, 0, 0), "E", _dms(0, 0, 0))
-    _save_jpeg_with_raw_exif(path, gps=gps)
+    gps = gps_position("N", dms(0, 0, 0), "E", dms(0, 0, 0))
+    save_jpeg_with_raw_exif(path, gps=gps)
     assert not read_exif_claims(path).has_place
 
 
 @pytest.mark.parametrize("stamp", ["0000:00:00 00:00:00", "    :  :     :  :  ", "2024:02:30 10:00:00", "yesterday"])
 def test_zero_blank_or_impossible_dates_are_no_time_claim(tmp_path, stamp):
     path = tmp_path / "p.jpg"
-    _save_jpeg_with_raw_exif(path, exif_ifd={BASE.DateTimeOriginal: stamp, BASE.OffsetTimeOriginal: "+01:00"})
+    save_jpeg_with_raw_exif(path, exif_ifd={BASE.DateTimeOriginal: stamp, BASE.OffsetTimeOriginal: "+01:00"})
     claims = read_exif_claims(path)
     assert not claims.has_time
     assert claims.local_datetime is None
@@ -202,7 +176,7 @@ def test_zero_blank_or_impossible_dates_are_no_time_claim(tmp_path, stamp):
 def test_offset_tag_is_parsed_or_dropped(tmp_path, tag, expected):
     path = tmp_path / "p.jpg"
     exif_ifd = {BASE.DateTimeOriginal: "2024:05:06 07:08:09", BASE.OffsetTimeOriginal: tag}
-    _save_jpeg_with_raw_exif(path, exif_ifd=exif_ifd)
+    save_jpeg_with_raw_exif(path, exif_ifd=exif_ifd)
     claims = read_exif_claims(path)
     assert claims.utc_offset_min == expected
     assert claims.local_datetime == dt.datetime(2024, 5, 6, 7, 8, 9)
@@ -220,7 +194,7 @@ def test_offset_tag_is_parsed_or_dropped(tmp_path, tag, expected):
 )
 def test_garbage_exif_gives_empty_claims_not_a_crash(tmp_path, blob):
     path = tmp_path / "p.jpg"
-    _small_image().save(path, format="JPEG", exif=blob)
+    small_image().save(path, format="JPEG", exif=blob)
     claims = read_exif_claims(path)
     assert (claims.has_place, claims.has_time, claims.alt_m, claims.utc_offset_min) == (False, False, None, None)
     assert claims.notes
@@ -228,7 +202,7 @@ def test_garbage_exif_gives_empty_claims_not_a_crash(tmp_path, blob):
 
 def test_png_without_exif_gives_empty_claims(tmp_path):
     path = tmp_path / "p.png"
-    _small_image().save(path)
+    small_image().save(path)
     claims = read_exif_claims(path)
     assert claims == ExifClaims(notes=claims.notes)
     assert not claims.has_place and not claims.has_time
@@ -247,7 +221,7 @@ def test_missing_file_raises_bad_photo_error(tmp_path):
 
 
 def test_reading_emits_no_warning_for_a_clean_file(tmp_path):
-    path = write_jpeg_with_exif(_small_image(), tmp_path / "p.jpg", lat_deg=1.5, lon_deg=2.5, alt_m=10.0)
+    path = write_jpeg_with_exif(small_image(), tmp_path / "p.jpg", lat_deg=1.5, lon_deg=2.5, alt_m=10.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_exif_claims(path).alt_m == pytest.approx(10.0)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from photo_files import noise_image, png_claiming_size
 from PIL import ExifTags, Image
 
 from gtloc_engine.errors import BadPhotoError
@@ -20,12 +19,6 @@ from gtloc_engine.io.photos import (
     iter_photo_paths,
     load_photo_rgb,
 )
-
-
-def _noise_image(width_px: int, height_px: int, seed: int = 0) -> Image.Image:
-    """Random pixels: they compress badly, so a cut file really loses image data."""
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height_px, width_px, 3), dtype=np.uint8))
 
 
 def _assert_rgb8(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -72,33 +65,21 @@ def test_text_file_named_jpg_is_reported(tmp_path):
 
 def test_truncated_jpeg_is_reported(tmp_path):
     path = tmp_path / "cut.jpg"
-    _noise_image(128, 96).save(path, quality=95)
+    noise_image(128, 96).save(path, quality=95)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     assert "truncated or corrupt" in _assert_one_line_bad_photo(path)
 
 
-def _png_claiming_size(path: Path, width_px: int, height_px: int) -> Path:
-    """A 1x1 PNG whose header (with a valid CRC) claims another size: a decompression bomb in 70 bytes."""
-    Image.new("L", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    # IHDR is the first chunk: 8-byte signature, 4-byte length, b"IHDR", width, height, 5 more bytes, CRC.
-    assert data[12:16] == b"IHDR"
-    data[16:24] = struct.pack(">II", width_px, height_px)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
-    return path
-
-
 def test_png_header_claiming_a_huge_size_is_refused_before_decoding(tmp_path):
-    path = _png_claiming_size(tmp_path / "bomb.png", 60_000, 60_000)
+    path = png_claiming_size(tmp_path / "bomb.png", 60_000, 60_000)
     assert "too large" in _assert_one_line_bad_photo(path)
 
 
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
 def test_pillow_bomb_warning_raised_as_error_becomes_bad_photo_error(tmp_path):
     # 10_000 x 9_000 is under our default limit but over Pillow's warning threshold (about 89.5 million pixels).
-    path = _png_claiming_size(tmp_path / "almost_bomb.png", 10_000, 9_000)
+    path = png_claiming_size(tmp_path / "almost_bomb.png", 10_000, 9_000)
     assert "too large" in _assert_one_line_bad_photo(path)
 
 
@@ -181,13 +162,13 @@ def test_alpha_is_composited_over_grey(tmp_path, mode):
 )
 def test_plain_modes_become_rgb(tmp_path, mode, suffix):
     path = tmp_path / f"plain_{mode}{suffix}"
-    _noise_image(20, 10).convert(mode).save(path)
+    noise_image(20, 10).convert(mode).save(path)
     _assert_rgb8(load_photo_rgb(path), (20, 10))
 
 
 def test_non_ascii_file_name_loads(tmp_path):
     path = tmp_path / "фото_été_東京.jpg"
-    _noise_image(12, 9).save(path)
+    noise_image(12, 9).save(path)
     _assert_rgb8(load_photo_rgb(path), (12, 9))
 
 
@@ -197,7 +178,7 @@ def test_non_ascii_file_name_loads(tmp_path):
 def _jpeg_with_orientation(path: Path, size: tuple[int, int], orientation) -> None:
     exif = Image.Exif()
     exif[ExifTags.Base.Orientation] = orientation
-    _noise_image(*size).save(path, exif=exif)
+    noise_image(*size).save(path, exif=exif)
 
 
 def test_orientation_6_rotates_the_image_upright(tmp_path):
@@ -215,7 +196,7 @@ def test_broken_orientation_is_ignored(tmp_path, orientation):
 
 def test_draft_decodes_smaller_but_never_below_the_request(tmp_path):
     path = tmp_path / "large.jpg"
-    _noise_image(800, 600).save(path)
+    noise_image(800, 600).save(path)
     img = load_photo_rgb(path, draft_size=(100, 100))
     assert 100 <= img.width < 800 and 100 <= img.height < 600
 

@@ -1,0 +1,373 @@
+"""Photos -> results GeoPackage: the one pipeline behind `gtloc predict --out X.gpkg` and the QGIS worker.
+
+For each photo: sha256, EXIF claims, image embedding (decoded on worker threads, backbone run in batches),
+location posterior (top-k candidates, global surface, credible regions, optional GeoTIFFs), time posterior
+(conditioned on the claimed place when there is one), claim check and verdict; one row per photo path.
+
+Resume: a path whose bytes (sha256) already have results from this checkpoint (model_sha256 = the checkpoint
+file's sha256) is skipped; a duplicate file (same bytes, another path) copies the finished results instead of
+recomputing; a path whose bytes or model changed is recomputed and its old rows are replaced; failures are
+retried and leave `failures` when they succeed. The GeoPackage is rewritten atomically at the end, every
+`save_every_photos` photos or `save_every_s` seconds, and on cancel, so a crash keeps the finished work.
+
+map_time (for QGIS's Temporal Controller) is the claimed local time, else the predicted month position and
+hour placed in the reference year 2001 (not a leap year: its 365 days match the paper's 365/12-day months).
+
+Public surface:
+    PipelineConfig        save cadence, verdict thresholds, surface, region and raster settings (data)
+    PredictSummary        what a run did; .to_json()
+    PhotoPipeline         loads the checkpoint once; .run(photos, out_gpkg, ...) -> PredictSummary
+    predict_to_geopackage PhotoPipeline(model_path, ...).run(photos, out_gpkg, ...)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from shapely.geometry import Point
+
+from gtloc_engine.errors import BadPhotoError, GtlocError
+from gtloc_engine.inference.claims import TIME_GIVEN_IMAGE, TIME_GIVEN_PLACE, VerdictThresholds, verify_claims
+from gtloc_engine.inference.predictor import HOUR_BINS, MONTH_BINS, Predictor, TimeEstimate
+from gtloc_engine.inference.regions import RegionConfig, credible_regions
+from gtloc_engine.io.batches import iter_pixel_batches
+from gtloc_engine.io.exif import ExifClaims, read_exif_claims
+from gtloc_engine.io.geopackage import PHOTO_FIELDS, ResultsStore
+from gtloc_engine.io.photos import check_photo_file, file_sha256, iter_photo_paths
+from gtloc_engine.model.checkpoint import load_checkpoint
+from gtloc_engine.timecode import DAYS_PER_MONTH
+
+log = logging.getLogger(__name__)
+
+MAP_TIME_REFERENCE_YEAR = 2001
+_SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Knobs of a prediction run that are not per call."""
+
+    save_every_photos: int = 200  # photos finished between two intermediate writes of the GeoPackage
+    save_every_s: float = 60.0  # ... or seconds, whichever comes first
+    thresholds: VerdictThresholds = field(default_factory=VerdictThresholds)
+    global_res_deg: float = 0.25  # global surface cell size
+    credible_levels: tuple[float, ...] = (0.5, 0.9)
+    regional_modes: int = 3  # regional surfaces (rasters only) around the global surface's strongest modes
+    regional_cell_km: float = 1.0
+    regions: RegionConfig = field(default_factory=RegionConfig)  # at most max_polygons polygons per level
+
+
+@dataclass
+class PredictSummary:
+    """What one run did: photos seen, newly done (computed or copied from a duplicate), skipped, failed."""
+
+    out_gpkg: Path
+    n_photos: int = 0
+    n_done: int = 0
+    n_skipped: int = 0
+    n_failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    rasters: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+    def to_json(self) -> dict:
+        return {"out_gpkg": str(self.out_gpkg), "n_photos": self.n_photos, "n_done": self.n_done,
+                "n_skipped": self.n_skipped, "n_failed": self.n_failed,
+                "failures": [{"path": p, "reason": r} for p, r in self.failures], "rasters": list(self.rasters),
+                "cancelled": self.cancelled}
+
+
+@dataclass
+class _Photo:
+    key: str  # absolute path: the row key, stable across working directories
+    path: Path
+    sha256: str = ""
+
+
+class PhotoPipeline:
+    """Loads a checkpoint once and turns photo folders into results GeoPackages; reusable across runs."""
+
+    def __init__(self, model_path: str | os.PathLike, *, top_k: int = 5, cache_dir: str | os.PathLike | None = None,
+                 config: PipelineConfig = PipelineConfig()):
+        if top_k < 1:
+            raise GtlocError(f"top_k must be at least 1, got {top_k}")
+        self.model_path = Path(model_path)
+        self.model = load_checkpoint(self.model_path)
+        self.model_sha256 = file_sha256(self.model_path)
+        self.top_k = top_k
+        self.cache_dir = cache_dir
+        self.config = config
+        self.heads = dict(self.model.heads_trained)
+        if not (self.heads.get("location") or self.heads.get("time")):
+            raise GtlocError(f"checkpoint {self.model_path} has neither a trained location head nor a trained "
+                             "time head; train one first")
+        # Only the time grid: places come from surfaces, so an empty gallery spares encoding (or loading) the
+        # model's own (100K places for imported GeoCLIP, ~45 s the first time, 200 MB in memory).
+        self.predictor = Predictor(self.model, gallery_latlon_deg=np.empty((0, 2)), cache_dir=cache_dir)
+        self._surface_maker = None
+
+    @property
+    def surface_maker(self):
+        """Built on first use: its grid constants are only needed when the location head is trained."""
+        if self._surface_maker is None:
+            from gtloc_engine.inference.surfaces import SurfaceMaker
+
+            self._surface_maker = SurfaceMaker(self.model, global_res_deg=self.config.global_res_deg,
+                                               cache_dir=self.cache_dir)
+        return self._surface_maker
+
+    def run(self, photos: Sequence[str | os.PathLike], out_gpkg: str | os.PathLike, *,
+            rasters_dir: str | os.PathLike | None = None, batch_size: int = 16, workers: int = 2,
+            progress: Callable[[int, int], None] | None = None,
+            cancel: threading.Event | None = None) -> PredictSummary:
+        """Predict every photo (files or folders) into `out_gpkg`, resuming what it already holds."""
+        rasters = Path(rasters_dir) if rasters_dir is not None else None
+        # Our own GeoTIFFs are .tif files too: a rasters folder inside the photo folder must not feed itself.
+        paths = [p for p in iter_photo_paths(photos) if rasters is None or not _is_inside(p, rasters)]
+        if not paths:
+            raise GtlocError(f"no photos found in {' '.join(map(str, photos))}; pass photo files or folders")
+        store = ResultsStore.open(out_gpkg)
+        summary = PredictSummary(out_gpkg=store.path, n_photos=len(paths))
+        tick = _Ticker(len(paths), progress)
+        saver = _Saver(store, self.config)
+
+        todo: dict[str, list[_Photo]] = {}  # sha256 -> every path with these bytes, in input order
+        # sha256 -> a path already holding results for those bytes from this model (one dict: no scan per photo)
+        finished = {row["sha256"]: key for key, row in store.photos.items() if row["model_sha256"] == self.model_sha256}
+        for photo, error in self._hash_all(paths, workers):
+            if error is not None:
+                self._fail(store, summary, [photo], error)
+            elif store.done(photo.key, photo.sha256, self.model_sha256):
+                summary.n_skipped += 1
+            elif (source := finished.get(photo.sha256)) is not None and store.done(source, photo.sha256,
+                                                                                    self.model_sha256):
+                store.copy_results(source, photo.key, photo.path.name)
+                summary.n_done += 1
+            else:
+                todo.setdefault(photo.sha256, []).append(photo)
+                continue
+            tick(1)
+
+        groups = list(todo.values())
+        backbone = self.model.backbone
+        batches = iter_pixel_batches([group[0].path for group in groups], backbone.preprocess, batch_size=batch_size,
+                                     workers=workers, draft_px=backbone.image_size)
+        try:
+            for batch in batches:
+                for i, reason in batch.failures:
+                    self._fail(store, summary, groups[i], reason)
+                if batch.pixels is not None:
+                    with torch.inference_mode():
+                        emb = self.model.embed_images(batch.pixels).numpy()
+                    for i, image_emb in zip(batch.indices, emb):
+                        try:
+                            self._analyse(store, summary, groups[i], image_emb, rasters)
+                        except GtlocError as exc:  # e.g. a raster that cannot be written: this photo only
+                            self._fail(store, summary, groups[i], str(exc))
+                n_finished = sum(len(groups[i]) for i in [*batch.indices, *(j for j, _ in batch.failures)])
+                saver.finished(n_finished)  # before the progress report, so a caller told "n done" can read them
+                tick(n_finished)
+                if cancel is not None and cancel.is_set():
+                    summary.cancelled = True
+                    log.info("cancelled: writing the %d photos finished so far", summary.n_done)
+                    break
+        finally:
+            batches.close()  # stops the decoding threads now, also on cancel or an exception
+            store.save()
+        return summary
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def _hash_all(self, paths: list[Path], workers: int):
+        """(photo, None) or (photo, one-line reason), in input order; hashing is I/O, so it runs on threads."""
+        def job(path: Path) -> tuple[_Photo, str | None]:
+            photo = _Photo(os.path.abspath(path), path)
+            try:
+                check_photo_file(path)  # a clearer message than the hash's own for missing/empty/unreadable
+                photo.sha256 = file_sha256(path)
+            except BadPhotoError as exc:
+                return photo, str(exc)
+            return photo, None
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            yield from pool.map(job, paths)
+
+    def _fail(self, store: ResultsStore, summary: PredictSummary, group: list[_Photo], reason: str) -> None:
+        for photo in group:
+            log.error("error: %s", reason)
+            store.set_failure(photo.key, reason)
+            summary.failures.append((photo.key, reason))
+            summary.n_failed += 1
+
+    def _analyse(self, store: ResultsStore, summary: PredictSummary, group: list[_Photo], image_emb: np.ndarray,
+                 rasters_dir: Path | None) -> None:
+        """Posteriors, claim check, rasters for one photo's bytes; rows for every path that holds them."""
+        first = group[0]
+        try:
+            claims = read_exif_claims(first.path)
+        except BadPhotoError as exc:  # the file vanished between decoding and now
+            self._fail(store, summary, group, str(exc))
+            return
+        notes = list(claims.notes)
+        row: dict = dict.fromkeys(PHOTO_FIELDS)
+        row.update(sha256=first.sha256, model_sha256=self.model_sha256,
+                   processed_at_utc=dt.datetime.now(dt.UTC).isoformat())
+        _put_claims(row, claims)
+        candidates, regions, place_level, top_latlon = [], [], None, None
+
+        if self.heads.get("location"):
+            from gtloc_engine.inference.surfaces import credible_level, find_candidates
+
+            surface = self.surface_maker.global_surface(image_emb)
+            # Candidates are the surface's modes, far enough apart to be different places on the map; each one's
+            # probability is the posterior mass within radius_km of it.
+            for mode in find_candidates(surface, self.top_k, radius_km=self.surface_maker.config.candidate_radius_km):
+                candidates.append({"sha256": first.sha256, "rank": mode.rank, "probability": mode.probability,
+                                   "radius_km": mode.radius_km, "lat_deg": mode.lat_deg, "lon_deg": mode.lon_deg,
+                                   "geometry": Point(mode.lon_deg, mode.lat_deg)})
+            top_latlon = (candidates[0]["lat_deg"], candidates[0]["lon_deg"])
+            row.update(pred_lat_deg=top_latlon[0], pred_lon_deg=top_latlon[1], top1_prob=candidates[0]["probability"])
+            for region in credible_regions(surface, levels=self.config.credible_levels, config=self.config.regions):
+                regions.append({"sha256": first.sha256, "level": float(region.level),
+                                "area_km2": float(region.area_km2), "mass": float(region.mass),
+                                "geometry": region.geometry})
+            if claims.has_place:
+                place_level = credible_level(surface, claims.lat_deg, claims.lon_deg)
+            if rasters_dir is not None:
+                self._write_rasters(row, summary, surface, image_emb, first, rasters_dir)
+        else:
+            notes.append("location head not trained: no place prediction")
+
+        grid = estimate = None
+        if self.heads.get("time"):
+            if claims.has_place and self.heads.get("location"):
+                grid = self.predictor.time_posterior_given_place(image_emb[None], [[claims.lat_deg, claims.lon_deg]])
+                row["time_given"] = TIME_GIVEN_PLACE
+            else:
+                grid = self.predictor.time_posterior(image_emb[None])
+                row["time_given"] = TIME_GIVEN_IMAGE
+            grid = grid[0]
+            estimate = self.predictor.estimate_time(grid)
+            _put_time(row, estimate)
+        else:
+            notes.append("time head not trained: no time prediction")
+
+        report = verify_claims(claims, place_level=place_level, pred_latlon_deg=top_latlon, time_grid=grid,
+                               time_estimate=estimate, heads_trained=self.heads, thresholds=self.config.thresholds)
+        row.update({name: getattr(report, name) for name in (
+            "place_level", "place_dist_km", "place_in_90", "place_verdict", "time_level", "claim_month_err",
+            "claim_hour_err", "time_verdict", "verdict")})
+        notes += report.notes
+        row["notes"] = "; ".join(notes) or None
+        if claims.has_place:
+            row.update(point_source="claim", geometry=Point(claims.lon_deg, claims.lat_deg))
+        elif top_latlon is not None:
+            row.update(point_source="prediction", geometry=Point(top_latlon[1], top_latlon[0]))
+        _put_map_time(row, claims, estimate)
+
+        store.embeddings[(first.sha256, self.model_sha256)] = image_emb.astype(np.float32)
+        for photo in group:
+            keyed = {"path": photo.key}
+            store.set_results(photo.key, {**row, **keyed, "file_name": photo.path.name},
+                              [{**c, **keyed} for c in candidates], [{**r, **keyed} for r in regions])
+            summary.n_done += 1
+
+    def _write_rasters(self, row: dict, summary: PredictSummary, surface, image_emb: np.ndarray, photo: _Photo,
+                       rasters_dir: Path) -> None:
+        from gtloc_engine.io.rasters import write_surface_geotiff
+
+        stem = f"{_SAFE_NAME_RE.sub('_', photo.path.stem)[:40]}_{photo.sha256[:12]}_{self.model_sha256[:8]}"
+        tags = {"photo_sha256": photo.sha256, "model_sha256": self.model_sha256}
+        global_path = write_surface_geotiff(rasters_dir / f"{stem}_global.tif", surface, tags=tags)
+        regional_paths = [
+            write_surface_geotiff(rasters_dir / f"{stem}_regional_{k}.tif", regional, tags=tags)
+            for k, regional in enumerate(self.surface_maker.regional_surfaces(
+                image_emb, surface, n_modes=self.config.regional_modes, cell_km=self.config.regional_cell_km),
+                start=1)
+        ]
+        row["raster_global"] = str(global_path)
+        row["raster_regional"] = json.dumps([str(p) for p in regional_paths]) if regional_paths else None
+        summary.rasters += [str(global_path), *map(str, regional_paths)]
+
+
+# ---------------------------------------------------------------------------------------------- row fields
+
+
+def _put_claims(row: dict, claims: ExifClaims) -> None:
+    if claims.has_place:
+        row.update(claimed_lat_deg=claims.lat_deg, claimed_lon_deg=claims.lon_deg)
+    if claims.has_time:
+        row["claimed_time_local"] = claims.local_datetime.isoformat()
+    row["claimed_utc_offset_min"] = claims.utc_offset_min
+
+
+def _put_time(row: dict, estimate: TimeEstimate) -> None:
+    # 48 x 48 bins summed to 12 months x 24 hours: small enough for a JSON field, fine enough for a chart.
+    coarse = estimate.grid.reshape(12, MONTH_BINS // 12, 24, HOUR_BINS // 24).sum(axis=(1, 3))
+    row.update(pred_month=int(estimate.month_pos) + 1, pred_month_pos=estimate.month_pos,
+               pred_hour_local=estimate.hour_local, month_spread=estimate.month_spread,
+               hour_spread=estimate.hour_spread,
+               time_posterior=json.dumps(np.round(coarse, 6).tolist(), separators=(",", ":")))
+
+
+def _put_map_time(row: dict, claims: ExifClaims, estimate: TimeEstimate | None) -> None:
+    if claims.has_time:
+        row.update(map_time=claims.local_datetime.replace(microsecond=0), map_time_source="claim")
+    elif estimate is not None:
+        # The day the month position falls on, at the predicted local hour (whole minutes).
+        day = dt.datetime(MAP_TIME_REFERENCE_YEAR, 1, 1) + dt.timedelta(days=int(estimate.month_pos * DAYS_PER_MONTH))
+        minute_of_day = min(round(estimate.hour_local * 60), 24 * 60 - 1)
+        row.update(map_time=day + dt.timedelta(minutes=minute_of_day), map_time_source="prediction")
+
+
+# ---------------------------------------------------------------------------------------------- run helpers
+
+
+class _Ticker:
+    """Counts finished photos and reports (done, total) to the caller's progress callback."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None):
+        self.total, self.done, self.progress = total, 0, progress
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None and n:
+            self.progress(self.done, self.total)
+
+
+class _Saver:
+    """Writes the store every `save_every_photos` finished photos or `save_every_s` seconds."""
+
+    def __init__(self, store: ResultsStore, config: PipelineConfig):
+        self.store, self.config = store, config
+        self.pending, self.last = 0, time.monotonic()
+
+    def finished(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= self.config.save_every_photos or time.monotonic() - self.last >= self.config.save_every_s:
+            self.store.save()
+            self.pending, self.last = 0, time.monotonic()
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def predict_to_geopackage(model_path: str | os.PathLike, photos: Sequence[str | os.PathLike],
+                          out_gpkg: str | os.PathLike, *, top_k: int = 5, cache_dir: str | os.PathLike | None = None,
+                          config: PipelineConfig = PipelineConfig(), **run_kwargs) -> PredictSummary:
+    """One-shot: PhotoPipeline(model_path, ...).run(photos, out_gpkg, **run_kwargs)."""
+    return PhotoPipeline(model_path, top_k=top_k, cache_dir=cache_dir, config=config).run(photos, out_gpkg,
+                                                                                          **run_kwargs)

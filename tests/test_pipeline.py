@@ -1,0 +1,445 @@
+"""Photos -> results GeoPackage through the real pipeline on real files (JPEGs with real EXIF, HEIC, hostile
+inputs), read back with geopandas, sqlite3 and rasterio; resume, duplicates, failures, cancel; `gtloc predict`
+as a real subprocess."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import pytest
+import rasterio
+from photo_files import dms, gps_position, noise_image, png_claiming_size, save_jpeg_with_raw_exif
+from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
+
+from gtloc_engine.errors import GtlocError
+from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig, predict_to_geopackage
+from gtloc_engine.io.exif import write_jpeg_with_exif
+
+PARIS_LATLON = (48.8566, 2.3522)
+CLAIMED_TIME = dt.datetime(2021, 7, 14, 21, 30, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+
+
+# 1-degree surfaces: small grid constants and fast surfaces; the tiny toy model's posterior is speckled at any
+# resolution (its credible regions are coarsened to RegionConfig.max_polygons polygons, see regions.py).
+FAST = PipelineConfig(global_res_deg=1.0)
+
+
+@pytest.fixture(scope="module")
+def pipeline(trained_checkpoint, cache_dir):
+    return PhotoPipeline(trained_checkpoint, top_k=3, cache_dir=cache_dir, config=FAST)
+
+
+@pytest.fixture(scope="module")
+def toy_images(toy_manifest):
+    return [Image.open(p).convert("RGB") for p in sorted((toy_manifest.parent / "img").glob("*.png"))[:12]]
+
+
+@pytest.fixture
+def album(tmp_path, toy_images) -> Path:
+    """Three photos: place + time claimed (non-ASCII name), time only, no EXIF at all."""
+    folder = tmp_path / "album"
+    write_jpeg_with_exif(toy_images[0], folder / "été_東京.jpg", lat_deg=PARIS_LATLON[0], lon_deg=PARIS_LATLON[1],
+                         local_datetime=CLAIMED_TIME)
+    write_jpeg_with_exif(toy_images[1], folder / "time_only.jpg", local_datetime=dt.datetime(2020, 1, 2, 8, 0))
+    toy_images[2].save(folder / "plain.png")
+    return folder
+
+
+def _photos(gpkg: Path) -> gpd.GeoDataFrame:
+    return gpd.read_file(gpkg, layer="photos").set_index("file_name")
+
+
+def _table_count(gpkg: Path, table: str) -> int:
+    with sqlite3.connect(gpkg) as db:
+        count = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    db.close()
+    return count
+
+
+# ------------------------------------------------------------------------------------------- layers and fields
+
+
+def test_writes_photos_candidates_regions_and_embeddings(pipeline, album, tmp_path):
+    out = tmp_path / "results.gpkg"
+    summary = pipeline.run([album], out)
+    assert (summary.n_photos, summary.n_done, summary.n_skipped, summary.n_failed) == (3, 3, 0, 0)
+    assert summary.to_json()["out_gpkg"] == str(out) and not summary.cancelled
+    photos = _photos(out)
+    assert photos.crs.to_epsg() == 4326 and len(photos) == 3
+    assert set(photos.sha256) == {pipeline_sha(album / n) for n in photos.index}
+    assert (photos.model_sha256 == pipeline.model_sha256).all()
+
+    claimed = photos.loc["été_東京.jpg"]
+    assert (claimed.geometry.x, claimed.geometry.y) == pytest.approx(PARIS_LATLON[::-1], abs=1e-6)  # lon, lat
+    assert claimed.point_source == "claim" and claimed.time_given == "claimed place"
+    assert claimed.claimed_time_local == "2021-07-14T21:30:05" and claimed.claimed_utc_offset_min == 120
+    assert claimed.map_time.to_pydatetime() == dt.datetime(2021, 7, 14, 21, 30, 5)
+    assert claimed.verdict in {"consistent", "doubtful", "inconsistent"}
+    assert pd.notna(claimed.place_verdict) and pd.notna(claimed.time_verdict)
+
+    time_only = photos.loc["time_only.jpg"]
+    assert time_only.point_source == "prediction" and time_only.time_given == "image only"
+    assert (time_only.geometry.y, time_only.geometry.x) == (time_only.pred_lat_deg, time_only.pred_lon_deg)
+    assert pd.isna(time_only.place_verdict) and time_only.verdict == time_only.time_verdict
+    assert time_only.map_time_source == "claim"
+
+    plain = photos.loc["plain.png"]
+    assert plain.verdict == "no claim" and plain.map_time_source == "prediction"
+    # The predicted month/hour placed in the reference year 2001, at whole minutes.
+    assert (plain.map_time.to_pydatetime() - dt.datetime(2001, 1, 1)).days == int(plain.pred_month_pos * 365 / 12)
+    assert abs(plain.map_time.hour + plain.map_time.minute / 60 - plain.pred_hour_local) < 1 / 60 + 1e-9
+    assert 1 <= plain.pred_month <= 12 and plain.pred_month == int(plain.pred_month_pos) + 1
+    for row in photos.itertuples():
+        grid = np.array(json.loads(row.time_posterior))
+        assert grid.shape == (12, 24) and grid.sum() == pytest.approx(1.0, abs=1e-4) and (grid >= 0).all()
+        assert row.hour_spread > 0 and row.month_spread > 0 and 0 < row.top1_prob <= 1
+
+    candidates = gpd.read_file(out, layer="candidates")
+    assert candidates.crs.to_epsg() == 4326 and len(candidates) == 9
+    for path, group in candidates.groupby("path"):
+        assert sorted(group["rank"]) == [1, 2, 3]
+        top = group[group["rank"] == 1].iloc[0]
+        row = photos[photos.path == path].iloc[0]
+        assert (top.lat_deg, top.lon_deg) == (row.pred_lat_deg, row.pred_lon_deg)
+        assert (top.geometry.x, top.geometry.y) == (top.lon_deg, top.lat_deg)
+
+    regions = gpd.read_file(out, layer="regions")
+    assert regions.crs.to_epsg() == 4326 and set(regions.geom_type) == {"MultiPolygon"}
+    for _, group in regions.groupby("path"):
+        by_level = group.set_index("level")
+        assert set(by_level.index) == {0.5, 0.9}
+        assert by_level.loc[0.5, "area_km2"] < by_level.loc[0.9, "area_km2"]
+        assert by_level.loc[0.9, "mass"] >= 0.9 - 1e-6
+    assert _table_count(out, "embeddings") == 3 and _table_count(out, "failures") == 0
+
+
+def pipeline_sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+def test_rerun_skips_everything_and_adding_a_photo_processes_only_it(pipeline, album, tmp_path, toy_images):
+    out = tmp_path / "results.gpkg"
+    pipeline.run([album], out)
+    first = _photos(out)
+    summary = pipeline.run([album], out)
+    assert (summary.n_done, summary.n_skipped, summary.n_failed) == (0, 3, 0)
+    again = _photos(out)
+    assert again.sort_index().equals(first.sort_index())  # processed_at_utc included: nothing recomputed
+    assert len(gpd.read_file(out, layer="candidates")) == 9 and _table_count(out, "embeddings") == 3
+
+    write_jpeg_with_exif(toy_images[3], album / "new.jpg")
+    summary = pipeline.run([album], out)
+    assert (summary.n_done, summary.n_skipped) == (1, 3)
+    after = _photos(out)
+    assert len(after) == 4
+    assert after.drop(index="new.jpg").sort_index().processed_at_utc.equals(first.sort_index().processed_at_utc)
+
+
+def test_a_changed_file_is_recomputed_and_replaces_its_rows(pipeline, album, tmp_path, toy_images):
+    out = tmp_path / "results.gpkg"
+    pipeline.run([album], out)
+    toy_images[5].save(album / "plain.png")  # new bytes under the same path
+    summary = pipeline.run([album], out)
+    assert (summary.n_done, summary.n_skipped) == (1, 2)
+    photos = _photos(out)
+    assert len(photos) == 3 and photos.loc["plain.png", "sha256"] == pipeline_sha(album / "plain.png")
+    assert len(gpd.read_file(out, layer="candidates")) == 9
+
+
+def test_duplicate_files_are_computed_once_with_one_row_per_path(pipeline, album, tmp_path):
+    (album / "sub").mkdir()
+    shutil.copy(album / "time_only.jpg", album / "sub" / "copy.jpg")
+    out = tmp_path / "results.gpkg"
+    summary = pipeline.run([album, album / "time_only.jpg"], out)  # the same file given twice counts once
+    assert (summary.n_photos, summary.n_done) == (4, 4)
+    photos = _photos(out)
+    original, copy = photos.loc["time_only.jpg"], photos.loc["copy.jpg"]
+    assert original.sha256 == copy.sha256 and original.path != copy.path
+    assert original.processed_at_utc == copy.processed_at_utc  # one computation, two rows
+    assert _table_count(out, "embeddings") == 3
+    candidates = gpd.read_file(out, layer="candidates")
+    assert (candidates.path == copy.path).sum() == 3
+    # A later copy of finished bytes is copied, not recomputed.
+    shutil.copy(album / "time_only.jpg", album / "sub" / "copy2.jpg")
+    pipeline.run([album], out)
+    assert _photos(out).loc["copy2.jpg", "processed_at_utc"] == original.processed_at_utc
+
+
+def test_a_copy_whose_original_now_fails_still_gets_results(pipeline, album, tmp_path):
+    out = tmp_path / "results.gpkg"
+    pipeline.run([album], out)
+    (album / "sub").mkdir()
+    shutil.copy(album / "time_only.jpg", album / "sub" / "copy.jpg")
+    (album / "time_only.jpg").write_bytes(b"")  # the original breaks before its copy is reached
+    summary = pipeline.run([album / "time_only.jpg", album / "sub" / "copy.jpg"], out)
+    assert (summary.n_done, summary.n_failed) == (1, 1)
+    photos = _photos(out)
+    assert "copy.jpg" in photos.index and "time_only.jpg" not in photos.index
+    assert pyogrio.read_dataframe(out, layer="failures").path.tolist() == [str((album / "time_only.jpg").absolute())]
+
+
+def test_failures_are_recorded_retried_and_cleared(pipeline, album, tmp_path, toy_images):
+    broken = album / "broken.jpg"
+    write_jpeg_with_exif(toy_images[4], broken)
+    good_bytes = broken.read_bytes()
+    broken.write_bytes(good_bytes[: len(good_bytes) // 3])
+    out = tmp_path / "results.gpkg"
+    summary = pipeline.run([album], out)
+    assert (summary.n_done, summary.n_failed) == (3, 1)
+    assert summary.failures[0][0] == str(broken.absolute()) and "truncated" in summary.failures[0][1]
+    failures = pyogrio.read_dataframe(out, layer="failures")
+    assert failures.path.tolist() == [str(broken.absolute())] and "broken.jpg" in failures.reason.iloc[0]
+    assert "broken.jpg" not in _photos(out).index
+
+    summary = pipeline.run([album], out)  # still broken: retried, still one failure row
+    assert (summary.n_failed, summary.n_skipped) == (1, 3) and _table_count(out, "failures") == 1
+
+    broken.write_bytes(good_bytes)
+    summary = pipeline.run([album], out)
+    assert (summary.n_done, summary.n_failed) == (1, 0)
+    assert _table_count(out, "failures") == 0 and "broken.jpg" in _photos(out).index
+
+
+def test_cancel_stops_after_the_batch_and_keeps_a_valid_file(pipeline, album, tmp_path):
+    out = tmp_path / "results.gpkg"
+    cancel = threading.Event()
+    summary = pipeline.run([album], out, batch_size=1, progress=lambda done, total: cancel.set(), cancel=cancel)
+    assert summary.cancelled and summary.n_done == 1
+    assert len(_photos(out)) == 1 and len(gpd.read_file(out, layer="candidates")) == 3
+    summary = pipeline.run([album], out)
+    assert (summary.n_done, summary.n_skipped) == (2, 1) and len(_photos(out)) == 3
+
+
+def test_finished_work_is_on_disk_while_the_run_goes_on(pipeline, album, tmp_path):
+    out = tmp_path / "results.gpkg"
+    seen = []
+    config_pipeline = PhotoPipeline(pipeline.model_path, top_k=3, cache_dir=pipeline.cache_dir,
+                                    config=PipelineConfig(global_res_deg=1.0, save_every_photos=1))
+    config_pipeline.run([album], out, batch_size=1, progress=lambda done, total: seen.append((done, len(_photos(out)))))
+    assert seen == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_an_existing_file_that_is_not_ours_is_refused_and_kept(pipeline, album, tmp_path):
+    out = tmp_path / "notes.gpkg"
+    out.write_text("field notes, not a GeoPackage")
+    with pytest.raises(GtlocError, match="not a gtloc results GeoPackage"):
+        pipeline.run([album], out)
+    assert out.read_text() == "field notes, not a GeoPackage"
+
+
+def test_no_photos_is_one_clear_error(pipeline, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GtlocError, match="no photos found"):
+        pipeline.run([tmp_path / "empty"], tmp_path / "r.gpkg")
+    assert not (tmp_path / "r.gpkg").exists()
+
+
+# ------------------------------------------------------------------------------------------- rasters
+
+
+def test_rasters_are_written_recorded_and_sum_to_the_posterior(pipeline, album, tmp_path):
+    out, rasters = tmp_path / "results.gpkg", album / "rasters"  # inside the photo folder: must not be re-read
+    summary = pipeline.run([album / "plain.png"], out, rasters_dir=rasters)
+    row = _photos(out).loc["plain.png"]
+    regional = json.loads(row.raster_regional)
+    assert sorted(summary.rasters) == sorted([row.raster_global, *regional]) and len(regional) == 3
+    with rasterio.open(row.raster_global) as src:
+        assert src.crs.to_epsg() == 4326 and src.bounds == (-180.0, -90.0, 180.0, 90.0) and src.res == (1.0, 1.0)
+        assert src.read(1).sum(dtype=np.float64) == pytest.approx(1.0, abs=1e-4)
+    for path in regional:
+        with rasterio.open(path) as src:
+            mass = src.read(1, masked=True).sum()
+            assert src.crs.to_epsg() == 4326 and 0 < mass < 1
+    # The candidates' top place lies in the first regional raster (it is centred on the top mode).
+    with rasterio.open(regional[0]) as src:
+        west, south, east, north = src.bounds
+        assert south <= row.pred_lat_deg <= north and west <= row.pred_lon_deg <= east
+    summary = pipeline.run([album], out, rasters_dir=rasters)
+    assert summary.n_photos == 3 and summary.n_failed == 0  # the .tif files were not taken for photos
+
+
+# ------------------------------------------------------------------------------------------- hostile input
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.fixture
+def hostile_folder(tmp_path, toy_images) -> tuple[Path, set[str], set[str]]:
+    """Every bad input of the issue in one folder: (folder, names that must fail, names that must succeed)."""
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    (folder / "notes.jpg").write_text("this is not a photo\n" * 10)
+    write_jpeg_with_exif(noise_image(128, 96), folder / "truncated.jpg")
+    data = (folder / "truncated.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    png_claiming_size(folder / "bomb.png", 60_000, 60_000)
+    _fifo(folder / "pipe.jpg")
+    (folder / "gone.jpg").symlink_to(folder / "nowhere.jpg")
+    fail = {"notes.jpg", "truncated.jpg", "empty.jpg", "bomb.png", "pipe.jpg", "gone.jpg"}
+
+    Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 3).astype(np.uint16)).save(folder / "deep16.png")
+    palette = Image.new("P", (32, 32), 1)
+    palette.putpalette([0, 0, 0, 250, 20, 20] + [0, 0, 0] * 254)
+    palette.save(folder / "palette.png", transparency=0)
+    toy_images[6].convert("RGBA").save(folder / "alpha.png")
+    save_jpeg_with_raw_exif(folder / "lat95.jpg", gps=gps_position("N", dms(95, 0, 0), "E", dms(10, 0, 0)))
+    zero = IFDRational(0, 0)
+    save_jpeg_with_raw_exif(folder / "zero_den.jpg", gps=gps_position("S", (IFDRational(12, 1), zero, zero), "W",
+                                                                         dms(43, 10, 0)))
+    write_jpeg_with_exif(toy_images[7], folder / "фото 1.jpg", lat_deg=-33.9, lon_deg=151.2)
+    shutil.copy(folder / "фото 1.jpg", folder / "фото 1 (copy).jpg")
+    ok = {"cmyk.jpg", "deep16.png", "palette.png", "alpha.png", "lat95.jpg", "zero_den.jpg", "фото 1.jpg",
+          "фото 1 (copy).jpg"}
+    if os.geteuid() != 0:  # root reads anything, so a mode-000 file is only unreadable for other users
+        locked = folder / "locked.jpg"
+        shutil.copy(folder / "cmyk.jpg", locked)
+        locked.chmod(0)
+        fail.add("locked.jpg")
+    return folder, fail, ok
+
+
+def test_hostile_inputs_fail_alone_and_the_rest_finish(pipeline, hostile_folder, tmp_path):
+    folder, must_fail, must_work = hostile_folder
+    out = tmp_path / "results.gpkg"
+    summary = pipeline.run([folder], out)
+    failures = pyogrio.read_dataframe(out, layer="failures")
+    assert {Path(p).name for p in failures.path} == must_fail == {Path(p).name for p, _ in summary.failures}
+    for reason in failures.reason:
+        assert "\n" not in reason and "photo '" in reason
+    photos = _photos(out)
+    assert set(photos.index) == must_work and summary.n_done == len(must_work)
+    for name in ("lat95.jpg", "zero_den.jpg"):
+        assert photos.loc[name, "verdict"] == "no claim" and photos.loc[name, "point_source"] == "prediction"
+    assert "out of range" in photos.loc["lat95.jpg", "notes"]
+    assert "zero denominator" in photos.loc["zero_den.jpg", "notes"]
+    sydney = photos.loc["фото 1.jpg"]
+    assert (sydney.claimed_lat_deg, sydney.claimed_lon_deg) == pytest.approx((-33.9, 151.2), abs=1e-6)
+    assert photos.loc["фото 1 (copy).jpg", "processed_at_utc"] == sydney.processed_at_utc
+
+
+def test_heic_claims_are_read_through_pillow_heif(pipeline, toy_images, tmp_path):
+    pytest.importorskip("pillow_heif")
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    jpeg = write_jpeg_with_exif(toy_images[8], tmp_path / "src.jpg", lat_deg=35.68, lon_deg=139.69,
+                                local_datetime=dt.datetime(2022, 4, 1, 6, 45))
+    heic = tmp_path / "IMG_0001.HEIC"
+    toy_images[8].resize((64, 64)).save(heic, exif=Image.open(jpeg).info["exif"])
+    out = tmp_path / "results.gpkg"
+    summary = pipeline.run([heic], out)
+    assert summary.n_failed == 0
+    row = _photos(out).loc["IMG_0001.HEIC"]
+    assert (row.claimed_lat_deg, row.claimed_lon_deg) == pytest.approx((35.68, 139.69), abs=1e-6)
+    assert row.claimed_time_local == "2022-04-01T06:45:00" and row.point_source == "claim"
+
+
+def test_the_models_gallery_is_never_encoded_but_the_time_grid_is(trained_checkpoint, album, tmp_path):
+    """Places come from surfaces: the checkpoint's gallery (20,000 generic places here, 100K for GeoCLIP) is not
+    encoded or loaded; the time grid is (the time posterior needs it)."""
+    cache = tmp_path / "cache"
+    out = tmp_path / "results.gpkg"
+    predict_to_geopackage(trained_checkpoint, [album / "time_only.jpg"], out, cache_dir=cache, config=FAST)
+    assert pd.notna(_photos(out).loc["time_only.jpg"].pred_month)
+    rows = {path.name.split("-")[0]: np.load(path, mmap_mode="r").shape[0]
+            for path in (cache / "constants").glob("*/*.npy")}
+    assert rows["time"] == 48 * 48 and rows.get("gallery", 0) == 0
+
+
+# ------------------------------------------------------------------------------------------- untrained head
+
+
+@pytest.fixture(scope="module")
+def location_only_checkpoint(toy_manifest, cache_dir, tmp_path_factory) -> Path:
+    from gtloc_engine.model import preset
+    from gtloc_engine.training.trainer import MODEL_FILE, TrainConfig, Trainer
+
+    out = tmp_path_factory.mktemp("loc_only")
+    Trainer(TrainConfig(out_dir=str(out), model=preset("tiny").to_dict(), manifest=str(toy_manifest), epochs=2,
+                        batch_size=64, lr=1e-3, loc_queue=128, time_queue=128, warmup_steps=10, time_weight=0.0,
+                        cache_dir=str(cache_dir), progress=False)).run()
+    return out / MODEL_FILE
+
+
+@pytest.mark.slow
+def test_a_head_never_trained_gives_no_verdict_and_a_note(location_only_checkpoint, album, tmp_path, cache_dir):
+    out = tmp_path / "results.gpkg"
+    predict_to_geopackage(location_only_checkpoint, [album / "été_東京.jpg"], out, cache_dir=cache_dir, config=FAST)
+    row = _photos(out).loc["été_東京.jpg"]
+    assert pd.isna(row.time_verdict) and pd.isna(row.time_level) and pd.isna(row.pred_month)
+    assert pd.isna(row.time_posterior) and row.map_time_source == "claim"
+    assert pd.notna(row.place_verdict) and row.verdict == row.place_verdict
+    assert "time head not trained" in row.notes and "time claim not checked" in row.notes
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def gtloc(*args, cache: Path, timeout=300):
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "GTLOC_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "gtloc_engine.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, check=False)
+
+
+@pytest.mark.slow
+def test_cli_writes_the_geopackage_and_exits_1_for_a_bad_photo(trained_checkpoint, toy_images, tmp_path, cache_dir):
+    album = tmp_path / "album"
+    write_jpeg_with_exif(toy_images[0], album / "good.jpg", lat_deg=PARIS_LATLON[0], lon_deg=PARIS_LATLON[1])
+    (album / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    out = tmp_path / "results.gpkg"
+    args = ["--model", trained_checkpoint, "--out", out, "--top-k", "2", "--res-deg", "1"]
+    proc = gtloc("predict", album, *args, cache=cache_dir)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gtloc: error:")]
+    assert len(errors) == 1 and "broken.jpg" in errors[0]
+    summary = json.loads(proc.stdout)
+    assert (summary["n_done"], summary["n_failed"]) == (1, 1)
+    assert len(_photos(out)) == 1 and _table_count(out, "failures") == 1
+    assert len(gpd.read_file(out, layer="candidates")) == 2
+
+    write_jpeg_with_exif(toy_images[1], album / "broken.jpg")  # the photo copied again, intact
+    proc = gtloc("predict", album, *args, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n_skipped"] == 1 and _table_count(out, "failures") == 0
+    assert len(_photos(out)) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["foreign_gpkg", "rasters_without_gpkg"])
+def test_cli_bad_output_requests_are_one_line_exit_2(trained_checkpoint, album, tmp_path, cache_dir, case):
+    # Both are refused before the model loads.
+    if case == "foreign_gpkg":
+        out = tmp_path / "mine.gpkg"
+        out.write_text("not ours")
+        args = ["--out", out]
+    else:
+        args = ["--out", tmp_path / "r.json", "--rasters", tmp_path / "rasters"]
+    proc = gtloc("predict", album, "--model", trained_checkpoint, *args, cache=cache_dir)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    if case == "foreign_gpkg":
+        assert "mine.gpkg" in proc.stderr and out.read_text() == "not ours"
+    else:
+        assert "--rasters" in proc.stderr and not (tmp_path / "r.json").exists()
