@@ -1,0 +1,238 @@
+"""The engine worker behind `gtloc serve --stdio`: a versioned JSON-lines protocol for the QGIS plugin.
+
+One JSON object per line each way (docs/protocol.md is the reference). The worker writes a `hello` line first,
+then answers requests `{"id", "method", "params"}` with `progress`, `result` or `error` lines carrying the same id.
+Requests are read on their own thread so that `cancel` and `shutdown` arrive while a prediction runs; jobs run one
+at a time in arrival order. Any failure becomes an `error` line and the worker stays alive. Only protocol lines go
+to stdout: everything else (prints, logging, C libraries writing to fd 1) is sent to stderr. Paths in, paths out:
+no pixels cross the pipe. The worker opens no network port.
+
+    PROTOCOL_VERSION      the protocol's version, sent in the hello line; bumped on any incompatible change
+    METHODS               the methods this worker answers
+    Worker                the dispatcher, over any pair of text streams (tests drive it in-process or as a subprocess)
+    serve_stdio()         run a Worker on this process's stdin/stdout with stdout reserved for the protocol
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from gtloc_engine import __version__
+from gtloc_engine.errors import GtlocError
+
+log = logging.getLogger("gtloc.service")
+
+PROTOCOL_VERSION = 1
+METHODS = ("info", "predict", "cancel", "shutdown")
+_PIPELINES_KEPT = 2  # a model per pipeline stays in memory: keep the last two models used
+
+
+class RequestError(Exception):
+    """A request the worker refuses; `code` goes into the error line (bad_request, unknown_method, cancelled)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Worker:
+    """Reads requests from `inp`, writes protocol lines to `out`; `run()` returns after shutdown or end of input."""
+
+    def __init__(self, inp: TextIO, out: TextIO):
+        self._inp, self._out = inp, out
+        self._write_lock = threading.Lock()
+        self._jobs: queue.Queue = queue.Queue()
+        self._cancel_events: dict[Any, threading.Event] = {}  # request id -> event, for queued and running jobs
+        self._state_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._pipelines: OrderedDict[tuple, Any] = OrderedDict()
+
+    # -- output -------------------------------------------------------------------------------------------------
+    def send(self, message: dict) -> None:
+        line = json.dumps(message, ensure_ascii=True, default=str)
+        with self._write_lock:
+            try:
+                self._out.write(line + "\n")
+                self._out.flush()
+            except (OSError, ValueError):  # the client closed its end: nobody reads results any more
+                self._stop()
+
+    def _error(self, request_id, code: str, message: str) -> None:
+        self.send({"id": request_id, "type": "error", "error": {"code": code, "message": message}})
+
+    # -- main loops ---------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Say hello, then run jobs on this thread while a reader thread takes requests; 0 when stopped."""
+        self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "engine_version": __version__,
+                   "methods": list(METHODS), "pid": os.getpid()})
+        reader = threading.Thread(target=self._read_loop, name="gtloc-request-reader", daemon=True)
+        reader.start()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            self._run_job(*job)
+        return 0
+
+    def _read_loop(self) -> None:
+        try:
+            for line in self._inp:
+                if line.strip():
+                    self._take(line)
+                if self._stopping.is_set():
+                    break
+        finally:
+            # End of input means the client is gone: stop what runs and leave.
+            self._stop()
+
+    def _stop(self) -> None:
+        with self._state_lock:
+            self._stopping.set()
+            for event in self._cancel_events.values():
+                event.set()
+        self._jobs.put(None)
+
+    def _take(self, line: str) -> None:
+        """Parse one request line; cancel and shutdown act at once, other methods queue as jobs."""
+        request_id = None
+        try:
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RequestError("bad_request", f"request is not valid JSON ({exc.msg} at column {exc.colno})")
+            if not isinstance(request, dict):
+                raise RequestError("bad_request", "request must be a JSON object with id, method and params")
+            request_id = request.get("id")
+            if not isinstance(request_id, (str, int)) or isinstance(request_id, bool):
+                request_id = None
+                raise RequestError("bad_request", "request needs an 'id' that is a string or an integer")
+            method, params = request.get("method"), request.get("params", {})
+            if not isinstance(params, dict):
+                raise RequestError("bad_request", f"'params' of request {request_id!r} must be a JSON object")
+            if method not in METHODS:
+                raise RequestError("unknown_method", f"unknown method {method!r}; this worker answers "
+                                                     f"{', '.join(METHODS)} (protocol {PROTOCOL_VERSION})")
+            if method == "cancel":
+                self.send({"id": request_id, "type": "result", "result": self._cancel(params)})
+                return
+            if method == "shutdown":
+                self.send({"id": request_id, "type": "result", "result": {"stopping": True}})
+                self._stop()
+                return
+            with self._state_lock:
+                if request_id in self._cancel_events:
+                    raise RequestError("bad_request", f"request id {request_id!r} is already in use")
+                self._cancel_events[request_id] = threading.Event()
+            self._jobs.put((request_id, method, params))
+        except RequestError as exc:
+            self._error(request_id, exc.code, str(exc))
+
+    def _cancel(self, params: dict) -> dict:
+        target = params.get("target")
+        with self._state_lock:
+            event = self._cancel_events.get(target)
+        if event is not None:
+            event.set()
+        return {"target": target, "cancelled": event is not None}
+
+    def _run_job(self, request_id, method: str, params: dict) -> None:
+        with self._state_lock:
+            cancel = self._cancel_events[request_id]
+        try:
+            if cancel.is_set():
+                raise RequestError("cancelled", f"request {request_id!r} was cancelled before it started")
+            handler: Callable[[Any, dict, threading.Event], dict] = getattr(self, f"_do_{method}")
+            result = handler(request_id, params, cancel)
+            self.send({"id": request_id, "type": "result", "result": result})
+        except RequestError as exc:
+            self._error(request_id, exc.code, str(exc))
+        except GtlocError as exc:
+            self._error(request_id, "bad_input", str(exc))
+        except Exception as exc:  # noqa: BLE001  (the worker outlives any bug in one request; the traceback goes to stderr)
+            traceback.print_exc(file=sys.stderr)
+            self._error(request_id, "internal", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        finally:
+            with self._state_lock:
+                self._cancel_events.pop(request_id, None)
+
+    # -- methods ------------------------------------------------------------------------------------------------
+    def _do_info(self, request_id, params: dict, cancel: threading.Event) -> dict:
+        from gtloc_engine.io.photos import PHOTO_SUFFIXES
+
+        info = {"engine_version": __version__, "protocol": PROTOCOL_VERSION, "methods": list(METHODS),
+                "photo_suffixes": sorted(PHOTO_SUFFIXES), "python": sys.executable}
+        if params.get("model") is not None:
+            from gtloc_engine.io.photos import file_sha256
+            from gtloc_engine.model.checkpoint import read_header
+
+            model = _path_param(params, "model")
+            info["model"] = {"path": str(model), "sha256": file_sha256(model), "header": read_header(model)}
+        return info
+
+    def _do_predict(self, request_id, params: dict, cancel: threading.Event) -> dict:
+        photos = params.get("photos")
+        if not isinstance(photos, list) or not photos or not all(isinstance(p, str) for p in photos):
+            raise RequestError("bad_request", "predict needs 'photos': a non-empty list of file or folder paths")
+        model, out_gpkg = _path_param(params, "model"), _path_param(params, "out_gpkg")
+        rasters_dir = _path_param(params, "rasters_dir") if params.get("rasters_dir") is not None else None
+        top_k = _int_param(params, "top_k", 5)
+        batch_size = _int_param(params, "batch_size", 16)
+        pipeline = self._pipeline(model, top_k, params.get("cache_dir"))
+
+        def progress(done: int, total: int) -> None:
+            self.send({"id": request_id, "type": "progress", "done": int(done), "total": int(total)})
+
+        summary = pipeline.run(photos, out_gpkg, rasters_dir=rasters_dir, batch_size=batch_size,
+                               progress=progress, cancel=cancel)
+        return summary.to_json()
+
+    def _pipeline(self, model: Path, top_k: int, cache_dir: str | None):
+        """One PhotoPipeline per (checkpoint file version, top_k, cache): the model loads once per session."""
+        model = model.resolve()
+        try:
+            stat = model.stat()
+        except OSError:
+            raise GtlocError(f"model {model} not found; choose a gtloc .safetensors checkpoint") from None
+        key = (str(model), stat.st_mtime_ns, stat.st_size, top_k, cache_dir)
+        if key not in self._pipelines:
+            from gtloc_engine.inference.pipeline import PhotoPipeline
+
+            self._pipelines[key] = PhotoPipeline(model, top_k=top_k, cache_dir=cache_dir)
+            while len(self._pipelines) > _PIPELINES_KEPT:
+                self._pipelines.popitem(last=False)
+        self._pipelines.move_to_end(key)
+        return self._pipelines[key]
+
+
+def _path_param(params: dict, name: str) -> Path:
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise RequestError("bad_request", f"'{name}' must be a file path (a non-empty string)")
+    return Path(value)
+
+
+def _int_param(params: dict, name: str, default: int) -> int:
+    value = params.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RequestError("bad_request", f"'{name}' must be a positive integer, got {value!r}")
+    return value
+
+
+def serve_stdio() -> int:
+    """Serve on stdin/stdout. File descriptor 1 is moved aside for the protocol and pointed at stderr."""
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)  # C extensions and stray prints that write to fd 1 now land on stderr
+    sys.stdout = sys.stderr
+    with os.fdopen(protocol_fd, "w", encoding="utf-8", newline="\n") as out, \
+            open(sys.stdin.fileno(), encoding="utf-8", newline="\n", closefd=False) as inp:
+        return Worker(inp, out).run()

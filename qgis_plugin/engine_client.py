@@ -1,0 +1,308 @@
+"""The only module that starts and talks to the gtloc engine: a client for `gtloc serve --stdio` (docs/protocol.md).
+
+Pure Python (subprocess + threads, no Qt), so it runs the same in QGIS's GUI, in a QgsTask's thread and in
+qgis_process. The worker is started lazily in a clean environment, restarted when it has died, and killed when a
+request goes quiet for too long. One shared client per QGIS session keeps one model loaded.
+
+    PROTOCOL_VERSION        the protocol version this client speaks
+    EngineError             one-line failure from the engine or the link (`code` as in the protocol, plus
+                            not_configured, died, timeout, protocol)
+    engine_command(path)    argv that starts the worker from an engine Python or a `gtloc` executable
+    find_engine(configured) the configured engine, else $GTLOC_ENGINE, else `gtloc` on PATH
+    clean_environment()     the environment the worker gets: the host's basics without QGIS's Python and Qt paths
+    EngineClient            start/request/stop; request() blocks, reports progress and honours cancel
+    shared_client()         the session's client, built from the plugin settings; shutdown_shared() stops it
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PROTOCOL_VERSION = 1
+START_TIMEOUT_S = 120.0  # first start imports the engine's packages; cold disks are slow
+IDLE_TIMEOUT_S = 900.0  # a large model's first batch on a CPU sends nothing for minutes
+CANCEL_GRACE_S = 60.0  # after a cancel the worker finishes its batch; kill it if it does not answer by then
+_POLL_S = 0.1
+
+# Variables copied from the host; everything else (PYTHONPATH, PYTHONHOME, LD_LIBRARY_PATH, QT_*, QGIS_*, GDAL_*,
+# PROJ_*) belongs to QGIS's own Python and libraries and would break the engine's environment.
+_KEPT_VARIABLES = ("PATH", "HOME", "USER", "USERNAME", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR",
+                   "TEMP", "TMP", "SYSTEMROOT", "SYSTEMDRIVE", "USERPROFILE", "APPDATA", "LOCALAPPDATA",
+                   "XDG_CACHE_HOME", "GTLOC_CACHE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                   "HF_HOME", "TORCH_HOME")
+
+
+class EngineError(Exception):
+    """A failure reported by the engine or of the link to it, as one line; `code` says which kind."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def find_engine(configured: str | None = None) -> str:
+    """The engine to run: the configured path, else $GTLOC_ENGINE, else `gtloc` on PATH."""
+    candidate = (configured or "").strip() or os.environ.get("GTLOC_ENGINE", "").strip() or shutil.which("gtloc")
+    if not candidate:
+        raise EngineError("not_configured", "no gtloc engine found: set the engine (its Python or its gtloc "
+                                            "executable) in gtloc's settings, or put gtloc on PATH")
+    if not Path(candidate).is_file():
+        raise EngineError("not_configured", f"gtloc engine {candidate} does not exist: choose the engine's Python "
+                                            "or its gtloc executable in gtloc's settings")
+    return candidate
+
+
+def engine_command(engine: str) -> list[str]:
+    """argv for the worker: `python -m gtloc_engine.cli serve --stdio` for an interpreter, else `gtloc serve --stdio`."""
+    if Path(engine).name.lower().startswith("python"):
+        return [engine, "-m", "gtloc_engine.cli", "serve", "--stdio"]
+    return [engine, "serve", "--stdio"]
+
+
+def clean_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment: a few basics from `base` (default os.environ), unbuffered UTF-8 Python."""
+    base = os.environ if base is None else base
+    env = {name: base[name] for name in _KEPT_VARIABLES if name in base}
+    env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+    return env
+
+
+_DIED = object()
+
+
+class EngineClient:
+    """A link to one engine worker at a time; safe to use from several threads (requests are multiplexed by id)."""
+
+    def __init__(self, command: list[str] | Callable[[], list[str]], *, start_timeout_s: float = START_TIMEOUT_S,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S, cancel_grace_s: float = CANCEL_GRACE_S):
+        self._command = command
+        self.start_timeout_s, self.idle_timeout_s, self.cancel_grace_s = start_timeout_s, idle_timeout_s, cancel_grace_s
+        self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._hello: dict | None = None
+        self._pending: dict[int, tuple[queue.Queue, subprocess.Popen]] = {}  # request id -> (reply box, worker)
+        self._ids = itertools.count(1)
+        self._stderr: collections.deque[str] = collections.deque(maxlen=200)
+        self._stderr_reader: threading.Thread | None = None
+        self.starts = 0  # how many workers this client has started (a restart counts)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running else None
+
+    def start(self) -> dict:
+        """Start the worker unless one is running; returns its hello. Raises EngineError on any failure."""
+        with self._lock:
+            if self.running and self._hello is not None:
+                return self._hello
+            self._discard()
+            argv = self._command() if callable(self._command) else list(self._command)
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=clean_environment(), bufsize=1, text=True, encoding="utf-8",
+                                        errors="replace", close_fds=True)
+            except OSError as exc:
+                raise EngineError("not_configured", f"cannot start the gtloc engine {argv[0]} ({exc.strerror}); "
+                                                    "check the engine path in gtloc's settings") from None
+            self._proc, self.starts = proc, self.starts + 1
+            hello_box: queue.Queue = queue.Queue()
+            threading.Thread(target=self._read_stdout, args=(proc, hello_box), daemon=True,
+                             name="gtloc-engine-stdout").start()
+            stderr_reader = threading.Thread(target=self._read_stderr, args=(proc,), daemon=True,
+                                             name="gtloc-engine-stderr")
+            stderr_reader.start()
+            self._stderr_reader = stderr_reader
+            try:
+                hello = hello_box.get(timeout=self.start_timeout_s)
+            except queue.Empty:
+                self._discard()
+                raise EngineError("timeout", f"the gtloc engine sent no hello within {self.start_timeout_s:.0f} s "
+                                             f"({' '.join(argv)}){self._stderr_hint()}") from None
+            if hello is _DIED:
+                code = proc.wait()
+                stderr_reader.join(timeout=2.0)  # the worker's last words explain the exit
+                self._discard()
+                raise EngineError("died", f"the gtloc engine exited at start (exit code {code}) "
+                                          f"({' '.join(argv)}){self._stderr_hint()}")
+            if hello.get("protocol") != PROTOCOL_VERSION:
+                self._discard()
+                raise EngineError("protocol", f"the gtloc engine speaks protocol {hello.get('protocol')!r} and this "
+                                              f"plugin speaks {PROTOCOL_VERSION}: install matching versions")
+            self._hello = hello
+            return hello
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the worker to shut down; kill it if it does not exit in time."""
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return
+            if proc.poll() is None:
+                try:
+                    self._send({"id": 0, "method": "shutdown"}, proc)
+                    proc.stdin.close()
+                    proc.wait(timeout=timeout_s)
+                except (OSError, ValueError, subprocess.TimeoutExpired):
+                    proc.kill()
+                    proc.wait()
+            self._discard()
+
+    def stderr_tail(self, n_lines: int = 20) -> str:
+        return "\n".join(list(self._stderr)[-n_lines:])
+
+    # -- requests -----------------------------------------------------------------------------------------------
+    def request(self, method: str, params: dict | None = None, *,
+                on_progress: Callable[[int, int], None] | None = None,
+                is_cancelled: Callable[[], bool] | None = None, idle_timeout_s: float | None = None) -> dict:
+        """Send one request and wait for its result (returned) or error (raised as EngineError).
+
+        on_progress(done, total) is called from this thread; is_cancelled() is polled and, once true, a cancel is
+        sent. A worker that dies is reported as EngineError('died') and replaced on the next request.
+        """
+        idle_timeout_s = self.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
+        with self._lock:
+            self.start()
+            request_id = next(self._ids)
+            box: queue.Queue = queue.Queue()
+            self._pending[request_id] = (box, self._proc)
+            proc = self._proc
+            self._send({"id": request_id, "method": method, "params": params or {}}, proc)
+        try:
+            deadline = time.monotonic() + idle_timeout_s
+            cancel_sent = False
+            while True:
+                try:
+                    message = box.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if not cancel_sent and is_cancelled is not None and is_cancelled():
+                        cancel_sent = True
+                        self._send({"id": next(self._ids), "method": "cancel", "params": {"target": request_id}},
+                                   proc)
+                        deadline = min(deadline, time.monotonic() + self.cancel_grace_s)
+                    if time.monotonic() > deadline:
+                        self._kill(proc)
+                        waited = (f"stop within {self.cancel_grace_s:.0f} s of a cancel" if cancel_sent
+                                  else f"answer {method} for {idle_timeout_s:.0f} s")
+                        raise EngineError("timeout", f"the gtloc engine did not {waited} and was stopped; it "
+                                                     "restarts on the next request") from None
+                    continue
+                if message is _DIED:
+                    code = proc.wait()
+                    self._stderr_reader.join(timeout=2.0)
+                    raise EngineError("died", f"the gtloc engine stopped (exit code {code}) during {method}; it "
+                                              f"restarts on the next request{self._stderr_hint()}")
+                kind = message.get("type")
+                if kind == "progress":
+                    if not cancel_sent:  # after a cancel only the grace period counts
+                        deadline = time.monotonic() + idle_timeout_s
+                    if on_progress is not None:
+                        on_progress(int(message.get("done", 0)), int(message.get("total", 0)))
+                elif kind == "result":
+                    return message.get("result") or {}
+                elif kind == "error":
+                    error = message.get("error") or {}
+                    raise EngineError(error.get("code", "internal"), error.get("message", "unknown engine error"))
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
+
+    # -- internals ----------------------------------------------------------------------------------------------
+    def _send(self, message: dict, proc: subprocess.Popen) -> None:
+        with self._write_lock:  # requests from several threads must not interleave within a line
+            try:
+                proc.stdin.write(json.dumps(message) + "\n")
+                proc.stdin.flush()
+            except (OSError, ValueError):
+                pass  # a dead worker: the stdout reader reports it to the waiting requests
+
+    def _read_stdout(self, proc: subprocess.Popen, hello_box: queue.Queue) -> None:
+        try:
+            for line in proc.stdout:
+                try:
+                    message = json.loads(line)
+                except json.JSONDecodeError:
+                    self._stderr.append(f"[not a protocol line on stdout] {line.rstrip()}")
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                if message.get("type") == "hello":
+                    hello_box.put(message)
+                    continue
+                with self._lock:
+                    entry = self._pending.get(message.get("id"))
+                if entry is not None and entry[1] is proc:
+                    entry[0].put(message)
+        except (OSError, ValueError):
+            pass  # the stream was closed under us: the worker is being discarded
+        hello_box.put(_DIED)
+        with self._lock:
+            for box, owner in self._pending.values():
+                if owner is proc:
+                    box.put(_DIED)
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        try:
+            for line in proc.stderr:
+                self._stderr.append(line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass
+
+    def _stderr_hint(self) -> str:
+        lines = [line for line in self._stderr if line.strip()]
+        return f": {lines[-1].strip()}" if lines else ""
+
+    def _kill(self, proc: subprocess.Popen | None = None) -> None:
+        proc = proc or self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def _discard(self) -> None:
+        """Forget the current worker (killing it if alive) so the next start() begins afresh."""
+        if self._proc is not None:
+            self._kill(self._proc)
+            for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+                try:
+                    stream.close()
+                except (OSError, ValueError):
+                    pass
+        self._proc, self._hello = None, None
+
+
+_shared: EngineClient | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_client() -> EngineClient:
+    """The session's client; the engine path is read from the plugin settings each time a worker starts."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            from .settings import load_settings
+
+            _shared = EngineClient(lambda: engine_command(find_engine(load_settings().engine)))
+            atexit.register(shutdown_shared)
+        return _shared
+
+
+def shutdown_shared() -> None:
+    """Stop the session's worker (plugin unload, settings change, QGIS exit)."""
+    if _shared is not None:
+        _shared.stop()

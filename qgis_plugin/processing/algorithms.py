@@ -1,0 +1,160 @@
+"""Processing algorithms, thin wrappers: predict goes through engine_client, export is plain QGIS/GDAL.
+
+    gtloc:predict   photos (files and/or a folder) -> results GeoPackage (+ likelihood GeoTIFFs), via the engine
+    gtloc:export    the session's gtloc layers (or chosen layers) -> one GeoPackage, vectors and rasters
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsRasterLayer,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
+
+from ..engine_client import EngineError, shared_client
+from ..layers import gtloc_layers
+from ..settings import load_settings
+
+
+class _Algorithm(QgsProcessingAlgorithm):
+    def group(self) -> str:
+        return "gtloc"
+
+    def groupId(self) -> str:
+        return "gtloc"
+
+    def createInstance(self):
+        return type(self)()
+
+
+class PredictAlgorithm(_Algorithm):
+    def name(self) -> str:
+        return "predict"
+
+    def displayName(self) -> str:
+        return "Locate and date photos (to GeoPackage)"
+
+    def shortHelpString(self) -> str:
+        return ("Runs the gtloc engine on photo files and/or a folder of photos and writes a results GeoPackage "
+                "(layers photos, candidates, regions) plus likelihood GeoTIFFs. Re-running on the same GeoPackage "
+                "skips photos already done. The engine is the one in gtloc's settings, else $GTLOC_ENGINE, else "
+                "gtloc on PATH; the model defaults to the one in the settings.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterMultipleLayers("PHOTOS", "Photo files", QgsProcessing.TypeFile,
+                                                               optional=True))
+        self.addParameter(QgsProcessingParameterFile("FOLDER", "Folder of photos (searched recursively)",
+                                                     QgsProcessingParameterFile.Folder, optional=True))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "gtloc model (.safetensors; default: settings)",
+                                                     extension="safetensors", optional=True))
+        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Candidate places per photo",
+                                                       QgsProcessingParameterNumber.Integer, 5, minValue=1))
+        self.addParameter(QgsProcessingParameterFolderDestination("RASTERS", "Likelihood rasters folder (default: next to the GeoPackage)",
+                                                                  optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Results GeoPackage",
+                                                                "GeoPackage (*.gpkg *.GPKG)"))
+        self.addOutput(QgsProcessingOutputNumber("N_DONE", "Photos located"))
+        self.addOutput(QgsProcessingOutputNumber("N_FAILED", "Photos that failed"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        photos = list(self.parameterAsFileList(parameters, "PHOTOS", context))
+        folder = self.parameterAsFile(parameters, "FOLDER", context)
+        if folder:
+            photos.append(folder)
+        if not photos:
+            raise QgsProcessingException("no photos given: set Photo files or Folder of photos")
+        model = self.parameterAsFile(parameters, "MODEL", context) or load_settings().model
+        if not model:
+            raise QgsProcessingException("no model given: set MODEL or choose a model in gtloc's settings")
+        out_gpkg = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        # Without a rasters folder the engine writes no GeoTIFFs; the likelihood maps are the point of a run.
+        rasters = self.parameterAsString(parameters, "RASTERS", context) or str(Path(out_gpkg).with_suffix("")) + "_rasters"
+        params = {"model": model, "photos": photos, "out_gpkg": out_gpkg, "rasters_dir": rasters,
+                  "top_k": self.parameterAsInt(parameters, "TOP_K", context)}
+        try:
+            summary = shared_client().request(
+                "predict", params, is_cancelled=feedback.isCanceled,
+                on_progress=lambda done, total: feedback.setProgress(100.0 * done / total if total else 0.0))
+        except EngineError as exc:
+            raise QgsProcessingException(f"gtloc engine: {exc}") from None
+        for failure in summary.get("failures", []):
+            feedback.reportError(f"{failure['path']}: {failure['reason']}", False)
+        feedback.pushInfo(f"{summary.get('n_done', 0)} located, {summary.get('n_skipped', 0)} already done, "
+                          f"{summary.get('n_failed', 0)} failed" + (", cancelled" if summary.get("cancelled") else ""))
+        return {"OUTPUT": summary.get("out_gpkg", out_gpkg), "N_DONE": summary.get("n_done", 0),
+                "N_FAILED": summary.get("n_failed", 0)}
+
+
+class ExportAlgorithm(_Algorithm):
+    def name(self) -> str:
+        return "export"
+
+    def displayName(self) -> str:
+        return "Export gtloc layers to one GeoPackage"
+
+    def shortHelpString(self) -> str:
+        return ("Writes layers into one GeoPackage, vector layers as vector tables and likelihood rasters as raster "
+                "tables. Without input layers it takes every gtloc layer in the project.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterMultipleLayers("LAYERS", "Layers (default: all gtloc layers)",
+                                                               QgsProcessing.TypeMapLayer, optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "GeoPackage", "GeoPackage (*.gpkg)"))
+        self.addOutput(QgsProcessingOutputNumber("N_LAYERS", "Layers written"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        layers = self.parameterAsLayerList(parameters, "LAYERS", context) or gtloc_layers(context.project())
+        if not layers:
+            raise QgsProcessingException("nothing to export: no layers given and no gtloc layers in the project")
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        names: set[str] = set()
+        for i, layer in enumerate(layers):
+            if feedback.isCanceled():
+                break
+            name = _unique_table_name(layer.name(), names)
+            if isinstance(layer, QgsVectorLayer):
+                options = QgsVectorFileWriter.SaveVectorOptions()
+                options.driverName, options.layerName = "GPKG", name
+                options.actionOnExistingFile = (QgsVectorFileWriter.CreateOrOverwriteFile if not i
+                                                else QgsVectorFileWriter.CreateOrOverwriteLayer)
+                error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
+                    layer, out, context.transformContext(), options)
+                if error != QgsVectorFileWriter.NoError:
+                    raise QgsProcessingException(f"cannot write layer {layer.name()} to {out}: {message}")
+            elif isinstance(layer, QgsRasterLayer):
+                _append_raster(layer.source(), out, name, first=not i)
+            feedback.setProgress(100.0 * (i + 1) / len(layers))
+        return {"OUTPUT": out, "N_LAYERS": len(names)}
+
+
+def _unique_table_name(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_").lower() or "layer"
+    candidate, n = base, 2
+    while candidate in taken:
+        candidate, n = f"{base}_{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _append_raster(source: str, out: str, table: str, *, first: bool) -> None:
+    """Copy a raster into the GeoPackage as its own table; float32 values are kept (TIFF tiles)."""
+    from osgeo import gdal
+
+    options = [f"RASTER_TABLE={table}", "TILE_FORMAT=TIFF"] + ([] if first else ["APPEND_SUBDATASET=YES"])
+    result = gdal.Translate(out, source, format="GPKG", creationOptions=options)
+    if result is None:
+        raise QgsProcessingException(f"cannot copy raster {source} into {out}: {gdal.GetLastErrorMsg()}")
+    result = None

@@ -1,0 +1,83 @@
+"""Background prediction: a QgsTask whose run() only talks to the engine and finished() alone touches layers.
+
+    PredictRequest         what to predict and where the results go (data; becomes the protocol's params)
+    new_request(photos, settings)  a request writing a fresh, timestamped GeoPackage in the output folder
+    PredictTask            QgsTask: engine predict with progress and cancel; on success adds the styled layers
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsTask
+
+from .engine_client import EngineClient, EngineError
+from .layers import PredictionLayers, add_to_project, load_prediction
+from .settings import PluginSettings
+
+LOG_TAG = "gtloc"
+
+
+@dataclass
+class PredictRequest:
+    model: str
+    photos: list[str]
+    out_gpkg: str
+    rasters_dir: str | None = None
+    top_k: int = 5
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+def new_request(photos: list[str], settings: PluginSettings) -> PredictRequest:
+    """A request for `photos` writing `<output folder>/gtloc-<local time>.gpkg` and its rasters folder."""
+    if not settings.model:
+        raise EngineError("not_configured", "no gtloc model chosen: set the checkpoint (.safetensors) in gtloc's "
+                                            "settings")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    folder = settings.output_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    return PredictRequest(model=settings.model, photos=[str(p) for p in photos],
+                          out_gpkg=str(folder / f"gtloc-{stamp}.gpkg"), rasters_dir=str(folder / f"gtloc-{stamp}"),
+                          top_k=settings.top_k)
+
+
+class PredictTask(QgsTask):
+    """Predicts one batch of photos in the background; the batch becomes one layer group."""
+
+    def __init__(self, client: EngineClient, request: PredictRequest, group_name: str,
+                 on_done: Callable[[PredictTask], None] | None = None):
+        super().__init__(f"gtloc: {group_name}", QgsTask.CanCancel)
+        self.client, self.request, self.group_name, self.on_done = client, request, group_name, on_done
+        self.summary: dict | None = None
+        self.error: str | None = None
+        self.layers: PredictionLayers | None = None
+
+    def run(self) -> bool:
+        try:
+            self.summary = self.client.request(
+                "predict", self.request.params(), is_cancelled=self.isCanceled,
+                on_progress=lambda done, total: self.setProgress(100.0 * done / total if total else 0.0))
+        except EngineError as exc:
+            self.error = str(exc)
+            return False
+        return True
+
+    def finished(self, ok: bool) -> None:
+        if ok and self.summary is not None:
+            try:
+                self.layers = load_prediction(self.summary.get("out_gpkg", self.request.out_gpkg))
+                add_to_project(self.layers, self.group_name, QgsProject.instance())
+            except ValueError as exc:
+                self.error = str(exc)
+            for failure in self.summary.get("failures", []):
+                QgsMessageLog.logMessage(f"{failure['path']}: {failure['reason']}", LOG_TAG, Qgis.Warning)
+        elif self.error is None:
+            self.error = "cancelled"
+        if self.error:
+            QgsMessageLog.logMessage(f"{self.group_name}: {self.error}", LOG_TAG, Qgis.Critical)
+        if self.on_done is not None:
+            self.on_done(self)

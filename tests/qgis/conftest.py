@@ -1,0 +1,100 @@
+"""Fixtures for the QGIS suite: the engine (a separate Python), a tiny trained model, photos, a plugin iface.
+
+The engine is the repository's .venv (or $GTLOC_TEST_ENGINE_PYTHON); its files are made by running that Python,
+because QGIS's Python cannot import the engine. The model is trained once per session with the engine's `gtloc`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # `import qgis_plugin`
+
+ENGINE_PYTHON = Path(os.environ.get("GTLOC_TEST_ENGINE_PYTHON", REPO / ".venv" / "bin" / "python"))
+ENGINE_GTLOC = ENGINE_PYTHON.parent / "gtloc"
+
+
+def _engine_run(*args, timeout=300) -> str:
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    proc = subprocess.run(check=False, args=[str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_environment(tmp_path_factory):
+    """One model-constant cache per session, inherited by every worker the tests start."""
+    if not ENGINE_PYTHON.is_file():
+        pytest.exit(f"the engine's Python {ENGINE_PYTHON} is missing: create .venv (README) first", returncode=2)
+    os.environ["GTLOC_CACHE"] = str(tmp_path_factory.mktemp("gtloc_cache"))
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.pop("GTLOC_ENGINE", None)
+
+
+@pytest.fixture(scope="session")
+def engine_files(tmp_path_factory) -> dict:
+    """Toy photos, a JPEG with EXIF claims, a GeoTIFF map and a plain TIFF photo, written by the engine's Python."""
+    out = tmp_path_factory.mktemp("engine_files")
+    return json.loads(_engine_run(ENGINE_PYTHON, Path(__file__).parent / "engine_side.py", out).strip())
+
+
+@pytest.fixture(scope="session")
+def model_path(engine_files, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    _engine_run(ENGINE_GTLOC, "train", "--manifest", engine_files["manifest"], "--out", out, "--preset", "tiny",
+                "--epochs", "2", "--batch-size", "64", "--cache-dir", out / "features", "--quiet")
+    return out / "model.safetensors"
+
+
+@pytest.fixture
+def client():
+    from qgis_plugin.engine_client import EngineClient, engine_command
+
+    c = EngineClient(engine_command(str(ENGINE_PYTHON)), start_timeout_s=120, idle_timeout_s=300)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def iface(qgis_iface):
+    """pytest-qgis's iface plus the few QgisInterface calls it lacks, recorded so tests can check them."""
+    qgis_iface.drop_handlers = []
+    qgis_iface.menu_actions = []
+    qgis_iface.registerCustomDropHandler = qgis_iface.drop_handlers.append
+    qgis_iface.unregisterCustomDropHandler = qgis_iface.drop_handlers.remove
+    qgis_iface.addPluginToMenu = lambda menu, action: qgis_iface.menu_actions.append(action)
+    qgis_iface.removePluginMenu = lambda menu, action: qgis_iface.menu_actions.remove(action)
+    qgis_iface.docks = []
+    qgis_iface.addDockWidget = lambda area, dock: qgis_iface.docks.append(dock)
+    qgis_iface.removeDockWidget = qgis_iface.docks.remove
+    return qgis_iface
+
+
+@pytest.fixture(scope="module")
+def plugin_settings(model_path, tmp_path_factory):
+    from qgis_plugin.settings import PluginSettings, save_settings
+
+    settings = PluginSettings(engine=str(ENGINE_PYTHON), model=str(model_path), top_k=3,
+                              out_dir=str(tmp_path_factory.mktemp("out")))
+    save_settings(settings)
+    yield settings
+    save_settings(PluginSettings())
+
+
+def wait_until(condition, timeout_s: float = 180.0) -> None:
+    """Spin QGIS's event loop (tasks report back through it) until condition() holds."""
+    from qgis.core import QgsApplication
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for QGIS"
+        QgsApplication.processEvents()
+        time.sleep(0.02)

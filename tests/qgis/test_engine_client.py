@@ -1,0 +1,156 @@
+"""The plugin side of the worker protocol: qgis_plugin.engine_client against the real engine worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import ENGINE_PYTHON
+
+from qgis_plugin.drop import PHOTO_SUFFIXES
+from qgis_plugin.engine_client import (
+    PROTOCOL_VERSION,
+    EngineClient,
+    EngineError,
+    clean_environment,
+    engine_command,
+    find_engine,
+)
+
+
+def test_handshake_matches_the_clients_protocol_and_info_answers(client):
+    hello = client.start()
+    assert hello["protocol"] == PROTOCOL_VERSION and hello["pid"] == client.pid
+    info = client.request("info")
+    assert info["engine_version"] == hello["engine_version"]
+    # The drop handler only claims files the engine can read.
+    assert PHOTO_SUFFIXES <= set(info["photo_suffixes"])
+
+
+def test_engine_errors_are_raised_and_the_same_worker_answers_the_next_request(client, tmp_path):
+    client.start()
+    pid = client.pid
+    with pytest.raises(EngineError) as err:
+        client.request("teleport")
+    assert err.value.code == "unknown_method"
+    with pytest.raises(EngineError) as err:
+        client.request("predict", {"model": str(tmp_path / "none.safetensors"), "photos": ["a.jpg"],
+                                   "out_gpkg": str(tmp_path / "o.gpkg")})
+    assert err.value.code == "bad_input" and "none.safetensors" in str(err.value)
+    assert client.request("info")["protocol"] == PROTOCOL_VERSION
+    assert client.pid == pid and client.starts == 1
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_is_reported_and_the_next_request_works(client, model_path, engine_files, tmp_path):
+    photos = engine_files["toy_photos"][:40]
+    killed = []
+
+    def kill_on_first_progress(done, total):
+        if not killed:
+            killed.append(client.pid)
+            os.kill(client.pid, signal.SIGKILL)
+
+    with pytest.raises(EngineError) as err:
+        client.request("predict", {"model": str(model_path), "photos": photos, "out_gpkg": str(tmp_path / "k.gpkg"),
+                                   "batch_size": 1}, on_progress=kill_on_first_progress)
+    assert err.value.code == "died" and "restarts" in str(err.value)
+    assert killed and not client.running
+    summary = client.request("predict", {"model": str(model_path), "photos": photos[:1],
+                                         "out_gpkg": str(tmp_path / "k2.gpkg")})
+    assert summary["n_done"] == 1 and client.starts == 2 and client.pid != killed[0]
+
+
+def test_cancel_from_the_caller_stops_the_request(client, model_path, engine_files, tmp_path):
+    progress = []
+    summary = client.request("predict", {"model": str(model_path), "photos": engine_files["toy_photos"][:40],
+                                         "out_gpkg": str(tmp_path / "c.gpkg"), "batch_size": 1},
+                             on_progress=lambda done, total: progress.append(done), is_cancelled=lambda: bool(progress))
+    assert summary["cancelled"] and summary["n_done"] < 40
+
+
+def test_the_worker_starts_in_a_clean_environment_despite_a_poisoned_host(client, tmp_path, monkeypatch):
+    # QGIS's own PYTHONPATH/PYTHONHOME would make the engine's Python import QGIS's packages (or fail to start).
+    fake = tmp_path / "gtloc_engine"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the host PYTHONPATH leaked into the engine')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("PYTHONHOME", str(tmp_path))
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(tmp_path))
+    env = clean_environment()
+    assert not {"PYTHONPATH", "PYTHONHOME", "LD_LIBRARY_PATH"} & set(env)
+    assert client.start()["protocol"] == PROTOCOL_VERSION
+
+
+def test_a_worker_that_sends_no_hello_times_out(tmp_path):
+    silent = EngineClient(["/bin/sleep", "30"], start_timeout_s=0.5)
+    with pytest.raises(EngineError) as err:
+        silent.start()
+    assert err.value.code == "timeout" and not silent.running
+
+
+@pytest.fixture
+def hung_worker(tmp_path):
+    """A worker that says hello and then never answers (a hang cannot be provoked in the real one on demand)."""
+    script = tmp_path / "hung_engine.py"
+    script.write_text('import json, sys, time\nprint(json.dumps({"type": "hello", "protocol": 1}), flush=True)\n'
+                      'time.sleep(60)\n')
+    client = EngineClient([str(ENGINE_PYTHON), str(script)], cancel_grace_s=0.5)
+    yield client
+    client.stop(timeout_s=1)
+
+
+def test_a_request_that_goes_quiet_times_out_kills_the_worker_and_the_next_one_restarts_it(hung_worker):
+    with pytest.raises(EngineError) as err:
+        hung_worker.request("info", idle_timeout_s=0.5)
+    assert err.value.code == "timeout" and not hung_worker.running
+    with pytest.raises(EngineError):
+        hung_worker.request("info", idle_timeout_s=0.5)
+    assert hung_worker.starts == 2
+
+
+def test_a_worker_that_ignores_cancel_is_stopped_after_the_grace_period(hung_worker):
+    with pytest.raises(EngineError) as err:
+        hung_worker.request("predict", {}, is_cancelled=lambda: True, idle_timeout_s=60)
+    assert err.value.code == "timeout" and not hung_worker.running
+
+
+def test_a_worker_of_another_protocol_is_refused(tmp_path):
+    script = tmp_path / "old_engine.py"
+    script.write_text('import json, sys, time\nprint(json.dumps({"type": "hello", "protocol": 99}), flush=True)\n'
+                      'time.sleep(30)\n')
+    other = EngineClient([str(ENGINE_PYTHON), str(script)])
+    with pytest.raises(EngineError) as err:
+        other.start()
+    assert err.value.code == "protocol" and "99" in str(err.value) and not other.running
+
+
+def test_a_worker_that_exits_at_start_says_why(tmp_path):
+    crashing = EngineClient([str(ENGINE_PYTHON), "-c", "import sys; sys.exit('engine broken: no torch')"])
+    with pytest.raises(EngineError) as err:
+        crashing.start()
+    assert err.value.code == "died" and "no torch" in str(err.value)
+
+
+@pytest.mark.parametrize("configured, expected", [
+    (str(ENGINE_PYTHON), [str(ENGINE_PYTHON), "-m", "gtloc_engine.cli", "serve", "--stdio"]),
+    (str(ENGINE_PYTHON.parent / "gtloc"), [str(ENGINE_PYTHON.parent / "gtloc"), "serve", "--stdio"]),
+])
+def test_engine_command_for_a_python_or_a_gtloc_executable(configured, expected):
+    assert engine_command(find_engine(configured)) == expected
+
+
+def test_the_engine_is_found_on_path_when_not_configured(monkeypatch):
+    monkeypatch.setenv("PATH", f"{ENGINE_PYTHON.parent}:/usr/bin:/bin")
+    assert find_engine("") == str(ENGINE_PYTHON.parent / "gtloc")
+
+
+def test_a_missing_engine_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(EngineError) as err:
+        find_engine("")
+    assert err.value.code == "not_configured" and "settings" in str(err.value)
+    with pytest.raises(EngineError) as err:
+        find_engine(str(tmp_path / "no-python"))
+    assert "no-python" in str(err.value)

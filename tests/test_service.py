@@ -1,0 +1,254 @@
+"""The engine side of the worker protocol (docs/protocol.md): `gtloc serve --stdio` as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from gtloc_engine import __version__
+from gtloc_engine.service import METHODS, PROTOCOL_VERSION
+
+ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+
+
+class WorkerProcess:
+    """A worker subprocess with a line reader that never blocks the test forever."""
+
+    def __init__(self, argv: list[str] | None = None):
+        argv = argv or [sys.executable, "-m", "gtloc_engine.cli", "serve", "--stdio"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=ENV)
+        self.raw_lines: list[str] = []
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.raw_lines.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def send(self, message) -> None:
+        text = message if isinstance(message, str) else json.dumps(message)
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def read(self, timeout: float = 60) -> dict:
+        line = self._lines.get(timeout=timeout)
+        assert line is not None, f"worker closed stdout; stderr: {self.proc.stderr.read()[-2000:]}"
+        return json.loads(line)
+
+    def until_final(self, request_id, timeout: float = 120) -> tuple[list[dict], dict]:
+        """Progress lines and the final line (result or error) of one request."""
+        progress = []
+        while True:
+            message = self.read(timeout)
+            assert message.get("id") == request_id, message
+            if message["type"] == "progress":
+                progress.append(message)
+            else:
+                return progress, message
+
+    def close(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def worker():
+    w = WorkerProcess()
+    yield w
+    if w.proc.poll() is None:
+        w.proc.kill()
+    w.proc.wait()
+
+
+def test_hello_comes_first_with_protocol_and_engine_versions(worker):
+    hello = worker.read()
+    assert hello == {"type": "hello", "protocol": PROTOCOL_VERSION, "engine_version": __version__,
+                     "methods": list(METHODS), "pid": worker.proc.pid}
+
+
+def test_info_reports_versions_and_the_photo_suffixes(worker):
+    from gtloc_engine.io.photos import PHOTO_SUFFIXES
+
+    worker.read()
+    worker.send({"id": "a", "method": "info"})
+    _, reply = worker.until_final("a")
+    assert reply["type"] == "result"
+    assert reply["result"]["protocol"] == PROTOCOL_VERSION and reply["result"]["engine_version"] == __version__
+    assert set(reply["result"]["photo_suffixes"]) == PHOTO_SUFFIXES
+
+
+@pytest.mark.parametrize("line, request_id, code", [
+    ("this is not json", None, "bad_request"),
+    ("[1, 2, 3]", None, "bad_request"),
+    ('{"method": "info"}', None, "bad_request"),
+    ('{"id": true, "method": "info"}', None, "bad_request"),
+    ('{"id": 5, "method": "info", "params": [1]}', 5, "bad_request"),
+    ('{"id": 6, "method": "teleport"}', 6, "unknown_method"),
+    ('{"id": 7, "method": "predict", "params": {"photos": "one.jpg", "model": "m", "out_gpkg": "o"}}', 7,
+     "bad_request"),
+    ('{"id": 8, "method": "predict", "params": {"photos": ["a.jpg"], "model": "m", "out_gpkg": "o", "top_k": 0}}',
+     8, "bad_request"),
+    (('{"id": 9, "method": "predict", "params": {"photos": ["a.jpg"], "model": "/no/such/model.safetensors", '
+      '"out_gpkg": "/tmp/o.gpkg"}}'), 9, "bad_input"),
+    ('{"id": 10, "method": "info", "params": {"model": "/no/such/model.safetensors"}}', 10, "bad_input"),
+])
+def test_a_bad_request_is_an_error_line_and_the_worker_stays_alive(worker, line, request_id, code):
+    worker.read()
+    worker.send(line)
+    _, reply = worker.until_final(request_id)
+    assert reply["type"] == "error" and reply["error"]["code"] == code
+    assert reply["error"]["message"] and "\n" not in reply["error"]["message"]
+    worker.send({"id": "after", "method": "info"})
+    _, reply = worker.until_final("after")
+    assert reply["type"] == "result"
+
+
+def test_a_missing_model_names_the_file(worker):
+    worker.read()
+    worker.send({"id": 1, "method": "info", "params": {"model": "/no/such/model.safetensors"}})
+    _, reply = worker.until_final(1)
+    assert "/no/such/model.safetensors" in reply["error"]["message"]
+
+
+def test_a_reused_id_of_a_queued_request_is_refused(worker):
+    worker.read()
+    # Both lines reach the reader before the first info can finish: the worker is busy importing for it.
+    worker.send('{"id": 1, "method": "info", "params": {}}\n{"id": 1, "method": "info"}')
+    replies = [worker.read(), worker.read()]
+    assert sorted(r["type"] for r in replies) == ["error", "result"]
+    assert [r["error"]["code"] for r in replies if r["type"] == "error"] == ["bad_request"]
+
+
+def test_cancel_of_an_unknown_request_says_so(worker):
+    worker.read()
+    worker.send({"id": "c", "method": "cancel", "params": {"target": "never-sent"}})
+    _, reply = worker.until_final("c")
+    assert reply["result"] == {"target": "never-sent", "cancelled": False}
+
+
+def test_shutdown_replies_and_exits_zero(worker):
+    worker.read()
+    worker.send({"id": 1, "method": "shutdown"})
+    _, reply = worker.until_final(1)
+    assert reply == {"id": 1, "type": "result", "result": {"stopping": True}}
+    assert worker.proc.wait(timeout=30) == 0
+
+
+def test_closing_stdin_stops_the_worker(worker):
+    worker.read()
+    assert worker.close() == 0
+
+
+def test_stdout_carries_only_protocol_lines_even_when_code_prints(tmp_path):
+    script = ("import os, sys\nfrom gtloc_engine.service import serve_stdio\n"
+              "import gtloc_engine.service as s\n"
+              "orig = s.Worker._do_info\n"
+              "def noisy(self, *a):\n"
+              "    print('stray print from python')\n"
+              "    os.write(1, b'stray bytes on fd 1\\n')\n"
+              "    return orig(self, *a)\n"
+              "s.Worker._do_info = noisy\n"
+              "sys.exit(serve_stdio())\n")
+    w = WorkerProcess([sys.executable, "-c", script])
+    try:
+        w.read()
+        w.send({"id": 1, "method": "info"})
+        _, reply = w.until_final(1)
+        assert reply["type"] == "result"
+        assert w.close() == 0
+        stderr = w.proc.stderr.read()
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+    assert "stray print from python" in stderr and "stray bytes on fd 1" in stderr
+    assert len(w.raw_lines) == 2 and all(json.loads(line) for line in w.raw_lines)
+
+
+# -- predict through the pipeline -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_path(toy_manifest, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("service_run")
+    proc = subprocess.run(check=False, args=[sys.executable, "-m", "gtloc_engine.cli", "train", "--manifest", str(toy_manifest),
+                           "--out", str(out), "--preset", "tiny", "--epochs", "2", "--batch-size", "64",
+                           "--cache-dir", str(cache_dir), "--quiet"], capture_output=True, text=True, env=ENV,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def constants_cache(tmp_path_factory):
+    """Model constants (gallery and grid embeddings) computed once for this module's model."""
+    return tmp_path_factory.mktemp("constants")
+
+
+@pytest.fixture
+def toy_photos(toy_manifest):
+    return sorted((toy_manifest.parent / "img").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_predict_sends_progress_then_a_summary_and_writes_the_geopackage(worker, model_path, toy_photos, tmp_path,
+                                                                         constants_cache):
+    import geopandas as gpd
+
+    photos = [str(p) for p in toy_photos[:2]] + [str(tmp_path / "missing.jpg")]
+    out = tmp_path / "pred.gpkg"
+    worker.read()
+    worker.send({"id": "p", "method": "predict", "params": {
+        "model": str(model_path), "photos": photos, "out_gpkg": str(out), "rasters_dir": str(tmp_path / "r"),
+        "batch_size": 1, "cache_dir": str(constants_cache)}})
+    progress, reply = worker.until_final("p", timeout=300)
+    assert reply["type"] == "result", reply
+    summary = reply["result"]
+    assert summary["n_done"] == 2 and summary["n_failed"] == 1 and not summary["cancelled"]
+    assert "missing.jpg" in summary["failures"][0]["path"] and summary["failures"][0]["reason"]
+    assert progress and all(0 <= m["done"] <= m["total"] for m in progress)
+    assert [m["done"] for m in progress] == sorted(m["done"] for m in progress)
+    assert sorted(gpd.read_file(out, layer="photos")["path"]) == sorted(photos[:2])
+    assert all(Path(r).is_file() for r in summary["rasters"])
+    # The same model again: a second run on the same GeoPackage resumes instead of redoing the photos.
+    worker.send({"id": "again", "method": "predict", "params": {
+        "model": str(model_path), "photos": photos[:2], "out_gpkg": str(out), "cache_dir": str(constants_cache)}})
+    _, reply = worker.until_final("again", timeout=300)
+    assert reply["result"]["n_skipped"] == 2 and reply["result"]["n_done"] == 0
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_predict_between_batches(worker, model_path, toy_photos, tmp_path, constants_cache):
+    photos = [str(p) for p in toy_photos[:60]]
+    worker.read()
+    worker.send({"id": "long", "method": "predict", "params": {
+        "model": str(model_path), "photos": photos, "out_gpkg": str(tmp_path / "c.gpkg"), "batch_size": 1,
+        "cache_dir": str(constants_cache)}})
+    first = worker.read(timeout=300)
+    assert first["type"] == "progress", first
+    worker.send({"id": "stop", "method": "cancel", "params": {"target": "long"}})
+    replies = {}
+    while len(replies) < 2:
+        message = worker.read(timeout=300)
+        if message["type"] != "progress":
+            replies[message["id"]] = message
+    assert replies["stop"]["result"] == {"target": "long", "cancelled": True}
+    summary = replies["long"]["result"]
+    assert summary["cancelled"] and summary["n_done"] < len(photos)
+    worker.send({"id": "next", "method": "info"})
+    assert worker.until_final("next")[1]["type"] == "result"
+
+
+def test_the_worker_module_imports_no_torch():
+    """The hello must come fast: the service module itself stays light (torch loads with the first model)."""
+    proc = subprocess.run(check=False, args=[sys.executable, "-c", ("import sys, gtloc_engine.cli, gtloc_engine.service; "
+                                                         "print('torch' in sys.modules)")], capture_output=True, text=True, env=ENV, timeout=60)
+    assert proc.stdout.strip() == "False", proc.stderr
