@@ -75,11 +75,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from gtloc_engine.model.backbone import set_cpu_threads
+
+    set_cpu_threads(args.threads)
+    if args.out and args.out.lower().endswith(".gpkg"):
+        return _predict_to_geopackage(args)
+    if args.rasters:
+        raise GtlocError("--rasters needs --out RESULTS.gpkg (the GeoPackage records where each raster went)")
     from gtloc_engine.inference.predictor import Predictor
     from gtloc_engine.io.photos import iter_photo_paths
     from gtloc_engine.model.checkpoint import load_checkpoint
 
-    predictor = Predictor(load_checkpoint(args.model))
+    model = load_checkpoint(args.model)
+    model.backbone.set_precision(args.precision)
+    predictor = Predictor(model)
     paths = iter_photo_paths(args.photos)
     if not paths:
         raise GtlocError(f"no photos found in {' '.join(args.photos)}")
@@ -89,6 +98,48 @@ def cmd_predict(args) -> int:
             print(f"gtloc: error: {r['error']}", file=sys.stderr)
     _write_json(results, args.out)
     return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
+
+
+def _predict_to_geopackage(args) -> int:
+    """Photos -> results GeoPackage with a progress bar; Ctrl-C stops after the current batch and keeps the work."""
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig
+    from gtloc_engine.io.geopackage import check_results_path
+
+    check_results_path(args.out)  # before the model loads: a wrong --out should cost no time
+    cancel = threading.Event()
+
+    def on_interrupt(signum, frame):
+        if cancel.is_set():  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        print("gtloc: stopping after the current batch (Ctrl-C again to abort)", file=sys.stderr)
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    # disable=None: no bar when stderr is not a terminal (logs, subprocesses), and none with --quiet
+    bar = tqdm(total=0, unit="photo", disable=True if args.quiet else None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        pipeline = PhotoPipeline(args.model, top_k=args.top_k, config=PipelineConfig(global_res_deg=args.res_deg))
+        pipeline.model.backbone.set_precision(args.precision)
+        summary = pipeline.run(args.photos, args.out, rasters_dir=args.rasters, batch_size=args.batch_size,
+                               progress=progress, cancel=cancel)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    print(json.dumps(summary.to_json()))
+    if summary.cancelled:
+        return 130
+    return EXIT_PARTIAL if summary.n_failed else EXIT_OK
 
 
 def cmd_embed(args) -> int:
@@ -173,10 +224,51 @@ def cmd_synth(args) -> int:
     return EXIT_OK
 
 
+def cmd_import_geoclip(args) -> int:
+    from gtloc_engine.model.checkpoint import read_header
+    from gtloc_engine.model.geoclip_import import import_geoclip
+
+    path = import_geoclip(args.out, package_dir=args.geoclip_dir)
+    info = read_header(path)["info"]
+    print(json.dumps({"checkpoint": str(path), "geoclip_version": info["geoclip_version"],
+                      "gallery": info["gallery"], "time_head": info["time_head"]}))
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from gtloc_engine.demo import DemoConfig, run_demo
 
     run_demo(args.out, DemoConfig(seed=args.seed), progress=not args.quiet)
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from gtloc_engine.service import serve_stdio
+
+    return serve_stdio()
+
+
+def cmd_search(args) -> int:
+    from gtloc_engine.inference.search import (CollectionSearch, SearchConfig, SearchQuery, TimeWindow,
+                                               local_wall_clock, write_results_gpkg)
+
+    if args.out and not args.out.lower().endswith((".json", ".gpkg")):
+        raise GtlocError(f"--out {args.out} must end in .json or .gpkg")
+    window = TimeWindow.parse(args.month, args.hour) if (args.month or args.hour) else None
+    query = SearchQuery(near_latlon_deg=args.near, window=window, like_photo=args.like, text=args.text,
+                        radius_km=args.radius_km, within=args.within, within_layer=args.within_layer,
+                        claimed_after=local_wall_clock(args.claimed_after) if args.claimed_after else None,
+                        claimed_before=local_wall_clock(args.claimed_before) if args.claimed_before else None,
+                        top_k=args.top).validate()
+    config = SearchConfig(pooling=args.pooling, point_source=args.point_source)
+    output = CollectionSearch(args.gpkg, args.model, config=config).search(query)
+    for note in output["notes"]:
+        print(f"gtloc: note: {note}", file=sys.stderr)
+    if args.out and args.out.lower().endswith(".gpkg"):
+        write_results_gpkg(args.out, output)
+        print(json.dumps({"out": args.out, "layer": "search_results", "n_results": len(output["results"])}))
+    else:
+        _write_json(output, args.out)
     return EXIT_OK
 
 
@@ -215,12 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    pr = sub.add_parser("predict", help="where and when: top-k places, most likely month and hour, as JSON")
+    pr = sub.add_parser("predict", help="where and when: top-k places, most likely month and hour, as JSON; or "
+                        "a GeoPackage with claim checks and credible regions (--out X.gpkg)")
     pr.add_argument("photos", nargs="+", help="photo files or folders")
     pr.add_argument("--model", required=True, help="gtloc checkpoint (.safetensors)")
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--batch-size", type=int, default=16)
-    pr.add_argument("--out", help="write the JSON here instead of stdout")
+    pr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="image backbone weights: bf16 is 2-2.5x faster on CPUs with AVX512-BF16/AMX (cosine > 0.999)")
+    pr.add_argument("--threads", type=int, help="torch CPU threads (default: one per physical core)")
+    pr.add_argument("--out", help="RESULTS.gpkg: a GeoPackage (photos, candidates, regions, failures; re-runs "
+                    "resume); any other name: the JSON, written there instead of stdout")
+    pr.add_argument("--rasters", help="with --out X.gpkg: also write each photo's global and regional "
+                    "probability GeoTIFFs into this folder")
+    pr.add_argument("--res-deg", type=float, default=0.25, help="with --out X.gpkg: cell size of the global "
+                    "surface and its credible regions (0.25 default; 0.5 or 1 is faster and coarser)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("embed", help="embeddings of photos, places and times in the joint space (.npz)")
@@ -252,9 +354,42 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
+    ig = sub.add_parser("import-geoclip", help="turn the installed geoclip package's released weights and "
+                        "100K gallery into a gtloc checkpoint (ViT-L-14 'openai' backbone; time head untrained)")
+    ig.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    ig.add_argument("--geoclip-dir", help="a geoclip/model folder (weights/, gps_gallery/) instead of the installed package")
+    ig.set_defaults(func=cmd_import_geoclip)
+
     i = sub.add_parser("info", help="print a checkpoint's header: config, heads, versions, sha256")
     i.add_argument("model")
     i.set_defaults(func=cmd_info)
+
+    se = sub.add_parser("search", help="photos of a results GeoPackage that match a place, a time window, a photo "
+                        "or a text, ranked in the joint space (JSON, or layer search_results with --out X.gpkg)")
+    se.add_argument("gpkg", help="results GeoPackage from gtloc predict --out X.gpkg")
+    se.add_argument("--model", required=True, help="the checkpoint that made its embeddings")
+    se.add_argument("--near", type=_latlon, help="LAT,LON: query by place (write --near=-33.9,151.2 for a "
+                    "negative latitude); with --month/--hour: place + time")
+    se.add_argument("--radius-km", type=float, help="with --near: keep photos whose point is within this distance")
+    se.add_argument("--month", help="time of year: 6, or a window 11-2 (Nov to Feb, both included)")
+    se.add_argument("--hour", help="local time of day: 14 (14:00-15:00), or a window 22-3 (22:00 to 03:00)")
+    se.add_argument("--like", help="a photo: find photos that look taken at the same place and time")
+    se.add_argument("--text", help="a description, e.g. 'snow at dusk' (needs a CLIP backbone with a text tower)")
+    se.add_argument("--within", help="polygon file (GeoJSON, GeoPackage, Shapefile): keep photos inside it")
+    se.add_argument("--within-layer", help="the layer of the --within file to use (default: its first)")
+    se.add_argument("--claimed-after", help="keep photos whose claimed local time is at or after this")
+    se.add_argument("--claimed-before", help="keep photos whose claimed local time is before this")
+    se.add_argument("--point-source", choices=["point", "claim", "prediction"], default="point",
+                    help="the place the filters test: claim if any else prediction (point), or only one of them")
+    se.add_argument("--pooling", choices=["max", "mean"], default="max",
+                    help="score over a time window's grid: best-matching time (max) or the average (mean)")
+    se.add_argument("--top", type=int, default=10, help="number of results")
+    se.add_argument("--out", help="results.json, or results.gpkg (layer search_results, added to an existing file)")
+    se.set_defaults(func=cmd_search)
+
+    sv = sub.add_parser("serve", help="engine worker for the QGIS plugin: JSON lines on stdin/stdout (docs/protocol.md)")
+    sv.add_argument("--stdio", action="store_true", required=True, help="speak the protocol on stdin/stdout")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

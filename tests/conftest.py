@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import datetime as dt
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,11 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Model constants and feature caches written by tests (and their subprocesses) go to a throwaway folder, never
+# into the user's ~/.cache/gtloc.
+_TEST_CACHE = tempfile.mkdtemp(prefix="gtloc-test-cache-")
+os.environ["GTLOC_CACHE"] = _TEST_CACHE
+atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
 
 TOY_PLACES_LATLON = np.array([[48.8, 2.3], [-33.9, 151.2], [40.7, -74.0], [35.7, 139.7],
                               [-23.5, -46.6], [55.7, 37.6], [1.3, 103.8], [-1.3, 36.8]])
@@ -60,3 +68,16 @@ def tiny_model():
     from gtloc_engine.model import GTLoc, preset
 
     return GTLoc(preset("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(toy_manifest, cache_dir, tmp_path_factory) -> Path:
+    """A tiny model trained 30 epochs on the toy set (~6 s): both heads trained, confident about places."""
+    from gtloc_engine.model import preset
+    from gtloc_engine.training.trainer import MODEL_FILE, TrainConfig, Trainer
+
+    out = tmp_path_factory.mktemp("trained_tiny")
+    Trainer(TrainConfig(out_dir=str(out), model=preset("tiny").to_dict(), manifest=str(toy_manifest), epochs=30,
+                        batch_size=64, lr=1e-3, loc_queue=128, time_queue=128, warmup_steps=10,
+                        cache_dir=str(cache_dir), progress=False)).run()
+    return out / MODEL_FILE

@@ -107,7 +107,8 @@ def load_checkpoint(path: str | Path, *, load_backbone: bool = True) -> GTLoc:
     try:
         tensors = load_file(str(path))
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} tensors cannot be read ({type(exc).__name__}); it may be corrupt") from None
+        raise CheckpointError(
+            f"checkpoint {path} tensors cannot be read ({type(exc).__name__}); it may be corrupt") from None
     stored_backbone = bool(header.get("backbone_in_checkpoint"))
     # A stored backbone is overwritten from the file, so there is nothing to download for it.
     model = GTLoc(cfg, load_backbone_weights=load_backbone and not stored_backbone)
