@@ -33,7 +33,7 @@ from gtloc_engine.errors import GtlocError
 log = logging.getLogger("gtloc.service")
 
 PROTOCOL_VERSION = 1
-METHODS = ("info", "predict", "cancel", "shutdown")
+METHODS = ("info", "predict", "search", "cancel", "shutdown")
 _PIPELINES_KEPT = 2  # a model per pipeline stays in memory: keep the last two models used
 
 
@@ -56,6 +56,7 @@ class Worker:
         self._state_lock = threading.Lock()
         self._stopping = threading.Event()
         self._pipelines: OrderedDict[tuple, Any] = OrderedDict()
+        self._searchers: OrderedDict[tuple, Any] = OrderedDict()
 
     # -- output -------------------------------------------------------------------------------------------------
     def send(self, message: dict) -> None:
@@ -196,18 +197,58 @@ class Worker:
                                progress=progress, cancel=cancel)
         return summary.to_json()
 
+    def _do_search(self, request_id, params: dict, cancel: threading.Event) -> dict:
+        from gtloc_engine.inference.search import SearchQuery, TimeWindow, write_results_gpkg
+
+        gpkg, model = _path_param(params, "gpkg"), _path_param(params, "model")
+        near = params.get("near")
+        if near is not None and not (isinstance(near, list) and len(near) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in near)):
+            raise RequestError("bad_request", f"'near' must be [lat_deg, lon_deg], got {near!r}")
+        radius_km = params.get("radius_km")
+        if radius_km is not None and (not isinstance(radius_km, (int, float)) or isinstance(radius_km, bool)):
+            raise RequestError("bad_request", f"'radius_km' must be a number of km, got {radius_km!r}")
+        month, hour, like, text, within, out = (_str_param(params, name) for name in
+                                                ("month", "hour", "like", "text", "within", "out"))
+        if out is not None and not out.lower().endswith((".json", ".gpkg")):
+            raise RequestError("bad_request", f"'out' {out} must end in .json or .gpkg")
+        window = TimeWindow.parse(month, hour) if (month or hour) else None
+        query = SearchQuery(near_latlon_deg=tuple(float(v) for v in near) if near is not None else None,
+                            window=window, like_photo=like, text=text,
+                            radius_km=float(radius_km) if radius_km is not None else None, within=within,
+                            within_layer=_str_param(params, "within_layer"),
+                            top_k=_int_param(params, "top_k", 10)).validate()
+        output = self._searcher(gpkg, model).search(query)
+        if out is not None and out.lower().endswith(".gpkg"):
+            write_results_gpkg(out, output)
+        elif out is not None:
+            from gtloc_engine.io.atomic import atomic_write
+
+            text_out = json.dumps(output, indent=2, ensure_ascii=False) + "\n"
+            atomic_write(Path(out), lambda tmp: tmp.write_text(text_out, encoding="utf-8"))
+        return {**output, "out": out}
+
+    def _searcher(self, gpkg: Path, model: Path):
+        """One CollectionSearch per (GeoPackage version, checkpoint version); a pipeline's loaded model is reused."""
+        from gtloc_engine.inference.search import CollectionSearch
+
+        key = (_file_version(gpkg, "results GeoPackage", "choose a GeoPackage written by gtloc predict"),
+               _file_version(model, "model", "choose a gtloc .safetensors checkpoint"))
+        if key not in self._searchers:
+            loaded = next((p.model for k, p in reversed(self._pipelines.items()) if k[:3] == key[1]), None)
+            self._searchers[key] = CollectionSearch(gpkg, model, model=loaded)
+            while len(self._searchers) > _PIPELINES_KEPT:
+                self._searchers.popitem(last=False)
+        self._searchers.move_to_end(key)
+        return self._searchers[key]
+
     def _pipeline(self, model: Path, top_k: int, cache_dir: str | None):
         """One PhotoPipeline per (checkpoint file version, top_k, cache): the model loads once per session."""
-        model = model.resolve()
-        try:
-            stat = model.stat()
-        except OSError:
-            raise GtlocError(f"model {model} not found; choose a gtloc .safetensors checkpoint") from None
-        key = (str(model), stat.st_mtime_ns, stat.st_size, top_k, cache_dir)
+        key = (*_file_version(model, "model", "choose a gtloc .safetensors checkpoint"), top_k, cache_dir)
         if key not in self._pipelines:
             from gtloc_engine.inference.pipeline import PhotoPipeline
 
-            self._pipelines[key] = PhotoPipeline(model, top_k=top_k, cache_dir=cache_dir)
+            self._pipelines[key] = PhotoPipeline(key[0], top_k=top_k, cache_dir=cache_dir)
             while len(self._pipelines) > _PIPELINES_KEPT:
                 self._pipelines.popitem(last=False)
         self._pipelines.move_to_end(key)
@@ -219,6 +260,23 @@ def _path_param(params: dict, name: str) -> Path:
     if not isinstance(value, str) or not value:
         raise RequestError("bad_request", f"'{name}' must be a file path (a non-empty string)")
     return Path(value)
+
+
+def _str_param(params: dict, name: str) -> str | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, str):
+        raise RequestError("bad_request", f"'{name}' must be a string, got {value!r}")
+    return value or None
+
+
+def _file_version(path: Path, what: str, hint: str) -> tuple:
+    """(resolved path, mtime_ns, size): a changed file is a new version, so cached work on it is dropped."""
+    path = path.resolve()
+    try:
+        stat = path.stat()
+    except OSError:
+        raise GtlocError(f"{what} {path} not found; {hint}") from None
+    return str(path), stat.st_mtime_ns, stat.st_size
 
 
 def _int_param(params: dict, name: str, default: int) -> int:

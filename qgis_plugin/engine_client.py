@@ -10,7 +10,8 @@ request goes quiet for too long. One shared client per QGIS session keeps one mo
     engine_command(path)    argv that starts the worker from an engine Python or a `gtloc` executable
     find_engine(configured) the configured engine, else $GTLOC_ENGINE, else `gtloc` on PATH
     clean_environment()     the environment the worker gets: the host's basics without QGIS's Python and Qt paths
-    EngineClient            start/request/stop; request() blocks, reports progress and honours cancel
+    EngineClient            start/request/stop; request() blocks, reports progress and honours cancel;
+                            search() is the protocol's search request
     shared_client()         the session's client, built from the plugin settings; shutdown_shared() stops it
 """
 
@@ -64,7 +65,7 @@ def find_engine(configured: str | None = None) -> str:
 
 
 def engine_command(engine: str) -> list[str]:
-    """argv for the worker: `python -m gtloc_engine.cli serve --stdio` for an interpreter, else `gtloc serve --stdio`."""
+    """argv for the worker: `python -m gtloc_engine.cli serve --stdio` for an interpreter, else `gtloc serve`."""
     if Path(engine).name.lower().startswith("python"):
         return [engine, "-m", "gtloc_engine.cli", "serve", "--stdio"]
     return [engine, "serve", "--stdio"]
@@ -222,6 +223,25 @@ class EngineClient:
         finally:
             with self._lock:
                 self._pending.pop(request_id, None)
+
+    def search(self, gpkg: str, model: str, *, near_latlon_deg: tuple[float, float] | None = None,
+               radius_km: float | None = None, month: str | None = None, hour: str | None = None,
+               like: str | None = None, text: str | None = None, within: str | None = None, top_k: int = 10,
+               out: str | None = None, is_cancelled: Callable[[], bool] | None = None) -> dict:
+        """The protocol's `search` (docs/protocol.md): photos of a results GeoPackage matching a place and/or
+        month/hour windows ('11-2', '22-3'), a photo or a text; returns the engine's result dict."""
+        hello = self.start()
+        if "search" not in hello.get("methods", []):
+            raise EngineError("unknown_method", f"this gtloc engine ({hello.get('engine_version')}) cannot search: "
+                                                "update the engine")
+        params = {"gpkg": str(gpkg), "model": str(model), "top_k": int(top_k)}
+        if near_latlon_deg is not None:
+            params["near"] = [float(near_latlon_deg[0]), float(near_latlon_deg[1])]
+        for name, value in (("radius_km", radius_km), ("month", month), ("hour", hour), ("like", like),
+                            ("text", text), ("within", within), ("out", out)):
+            if value not in (None, ""):
+                params[name] = str(value) if name != "radius_km" else float(value)
+        return self.request("search", params, is_cancelled=is_cancelled)
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _send(self, message: dict, proc: subprocess.Popen) -> None:

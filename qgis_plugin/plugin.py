@@ -1,4 +1,5 @@
-"""The plugin object QGIS loads: toolbar and menu actions, the photo drop handler, the time dock, Processing."""
+"""The plugin object QGIS loads: toolbar and menu actions, the photo drop handler, the time and search docks,
+Processing."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class GtlocPlugin:
         self.drop_handler: PhotoDropHandler | None = None
         self.provider: GtlocProvider | None = None
         self.time_dock = None
+        self.search_dock = None
 
     # -- QGIS plugin interface ----------------------------------------------------------------------------------
     def initProcessing(self):
@@ -36,6 +38,7 @@ class GtlocPlugin:
         QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self):
+        from .ui.search_dock import SearchDock
         from .ui.time_dock import TimePosteriorDock
 
         self.initProcessing()
@@ -47,6 +50,8 @@ class GtlocPlugin:
         self.iface.registerCustomDropHandler(self.drop_handler)
         self.time_dock = TimePosteriorDock(self.iface)
         self.iface.addDockWidget(Qt.RightDockWidgetArea, self.time_dock)
+        self.search_dock = SearchDock(self.iface)
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.search_dock)
 
     def unload(self):
         for task in self.tasks:
@@ -64,6 +69,11 @@ class GtlocPlugin:
             self.iface.removeDockWidget(self.time_dock)
             self.time_dock.deleteLater()
             self.time_dock = None
+        if self.search_dock is not None:
+            self.search_dock.unload()
+            self.iface.removeDockWidget(self.search_dock)
+            self.search_dock.deleteLater()
+            self.search_dock = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None

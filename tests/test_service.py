@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import test_search
+
 from gtloc_engine import __version__
 from gtloc_engine.service import METHODS, PROTOCOL_VERSION
 
+search_collection = test_search.collection  # fixture: a real results GeoPackage of 20 toy photos
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
 
 
@@ -179,10 +182,9 @@ def test_stdout_carries_only_protocol_lines_even_when_code_prints(tmp_path):
 @pytest.fixture(scope="module")
 def model_path(toy_manifest, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("service_run")
-    proc = subprocess.run(check=False, args=[sys.executable, "-m", "gtloc_engine.cli", "train", "--manifest", str(toy_manifest),
-                           "--out", str(out), "--preset", "tiny", "--epochs", "2", "--batch-size", "64",
-                           "--cache-dir", str(cache_dir), "--quiet"], capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    cmd = [sys.executable, "-m", "gtloc_engine.cli", "train", "--manifest", str(toy_manifest), "--out", str(out),
+           "--preset", "tiny", "--epochs", "2", "--batch-size", "64", "--cache-dir", str(cache_dir), "--quiet"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return out / "model.safetensors"
 
@@ -249,6 +251,69 @@ def test_cancel_stops_a_running_predict_between_batches(worker, model_path, toy_
 
 def test_the_worker_module_imports_no_torch():
     """The hello must come fast: the service module itself stays light (torch loads with the first model)."""
-    proc = subprocess.run(check=False, args=[sys.executable, "-c", ("import sys, gtloc_engine.cli, gtloc_engine.service; "
-                                                         "print('torch' in sys.modules)")], capture_output=True, text=True, env=ENV, timeout=60)
+    code = "import sys, gtloc_engine.cli, gtloc_engine.service; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=ENV,
+                          timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+# -- search over a results GeoPackage ---------------------------------------------------------------------------
+
+def _search(worker, request_id, params: dict) -> dict:
+    worker.send({"id": request_id, "method": "search", "params": params})
+    progress, reply = worker.until_final(request_id)
+    assert not progress
+    return reply
+
+
+def test_search_answers_like_the_engine_and_writes_json_and_a_geopackage_layer(worker, search_collection,
+                                                                               trained_checkpoint, tmp_path):
+    import geopandas as gpd
+    import numpy as np
+
+    from gtloc_engine.inference.search import CollectionSearch, SearchQuery, TimeWindow
+
+    gpkg, truth = search_collection
+    worker.read()
+    params = {"gpkg": str(gpkg), "model": str(trained_checkpoint), "near": [48.8, 2.3], "radius_km": 20000,
+              "month": "11-2", "hour": "22-3", "top_k": 4, "out": str(tmp_path / "hits.gpkg")}
+    reply = _search(worker, "s", params)
+    assert reply["type"] == "result", reply
+    result = reply["result"]
+    expected = CollectionSearch(gpkg, trained_checkpoint).search(SearchQuery(
+        near_latlon_deg=(48.8, 2.3), radius_km=20000.0, window=TimeWindow.parse("11-2", "22-3"), top_k=4))
+    assert result["query"]["kind"] == "place+time" and result["out"] == params["out"]
+    assert [r["sha256"] for r in result["results"]] == [r["sha256"] for r in expected["results"]]
+    assert np.allclose([r["score"] for r in result["results"]], [r["score"] for r in expected["results"]])
+    layer = gpd.read_file(params["out"], layer="search_results")
+    assert layer["sha256"].tolist() == [r["sha256"] for r in result["results"]] and layer.crs.to_epsg() == 4326
+    # The same worker, a time-only query to JSON: the search object is reused, the answer is the file's content.
+    out_json = tmp_path / "hits.json"
+    reply = _search(worker, "t", {"gpkg": str(gpkg), "model": str(trained_checkpoint), "month": "6",
+                                  "top_k": len(truth), "out": str(out_json)})
+    written = json.loads(out_json.read_text())
+    assert written["query"]["kind"] == "time" and len(written["results"]) == len(truth)
+    assert [r["sha256"] for r in written["results"]] == [r["sha256"] for r in reply["result"]["results"]]
+
+
+def test_search_errors_are_error_lines_and_the_worker_stays_alive(worker, search_collection, trained_checkpoint,
+                                                                  tmp_path):
+    from gtloc_engine.model import GTLoc, preset
+    from gtloc_engine.model.checkpoint import save_checkpoint
+
+    gpkg, _ = search_collection
+    other = save_checkpoint(tmp_path / "other.safetensors", GTLoc(preset("tiny"), seed=1))
+    base = {"gpkg": str(gpkg), "model": str(trained_checkpoint)}
+    worker.read()
+    cases = [({**base, "model": str(other), "near": [48.8, 2.3]}, "bad_input", "holds no embeddings"),
+             ({**base, "near": [48.8]}, "bad_request", "'near'"),
+             ({**base, "near": [48.8, 2.3], "text": "snow"}, "bad_input", "exactly one query"),
+             ({**base, "month": "13"}, "bad_input", "month"),
+             ({**base, "text": "snow", "out": str(tmp_path / "hits.csv")}, "bad_request", "hits.csv"),
+             ({**base, "gpkg": str(tmp_path / "none.gpkg"), "month": "6"}, "bad_input", "none.gpkg")]
+    for i, (params, code, words) in enumerate(cases):
+        reply = _search(worker, i, params)
+        assert reply["type"] == "error" and reply["error"]["code"] == code, (params, reply)
+        assert words in reply["error"]["message"] and "\n" not in reply["error"]["message"]
+    reply = _search(worker, "ok", {**base, "near": [48.8, 2.3], "top_k": 2})
+    assert reply["type"] == "result" and len(reply["result"]["results"]) == 2

@@ -1,6 +1,7 @@
 """Processing algorithms, thin wrappers: predict goes through engine_client, export is plain QGIS/GDAL.
 
     gtloc:predict   photos (files and/or a folder) -> results GeoPackage (+ likelihood GeoTIFFs), via the engine
+    gtloc:search    a results GeoPackage + a place / month-hour windows / text -> layer search_results, via the engine
     gtloc:export    the session's gtloc layers (or chosen layers) -> one GeoPackage, vectors and rasters
 """
 
@@ -10,6 +11,7 @@ import re
 from pathlib import Path
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
@@ -19,6 +21,8 @@ from qgis.core import (
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterPoint,
+    QgsProcessingParameterString,
     QgsRasterLayer,
     QgsVectorFileWriter,
     QgsVectorLayer,
@@ -62,8 +66,9 @@ class PredictAlgorithm(_Algorithm):
                                                      extension="safetensors", optional=True))
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Candidate places per photo",
                                                        QgsProcessingParameterNumber.Integer, 5, minValue=1))
-        self.addParameter(QgsProcessingParameterFolderDestination("RASTERS", "Likelihood rasters folder (default: next to the GeoPackage)",
-                                                                  optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            "RASTERS", "Likelihood rasters folder (default: next to the GeoPackage)",
+            optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Results GeoPackage",
                                                                 "GeoPackage (*.gpkg *.GPKG)"))
         self.addOutput(QgsProcessingOutputNumber("N_DONE", "Photos located"))
@@ -81,7 +86,8 @@ class PredictAlgorithm(_Algorithm):
             raise QgsProcessingException("no model given: set MODEL or choose a model in gtloc's settings")
         out_gpkg = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         # Without a rasters folder the engine writes no GeoTIFFs; the likelihood maps are the point of a run.
-        rasters = self.parameterAsString(parameters, "RASTERS", context) or str(Path(out_gpkg).with_suffix("")) + "_rasters"
+        rasters = (self.parameterAsString(parameters, "RASTERS", context)
+                   or str(Path(out_gpkg).with_suffix("")) + "_rasters")
         params = {"model": model, "photos": photos, "out_gpkg": out_gpkg, "rasters_dir": rasters,
                   "top_k": self.parameterAsInt(parameters, "TOP_K", context)}
         try:
@@ -96,6 +102,64 @@ class PredictAlgorithm(_Algorithm):
                           f"{summary.get('n_failed', 0)} failed" + (", cancelled" if summary.get("cancelled") else ""))
         return {"OUTPUT": summary.get("out_gpkg", out_gpkg), "N_DONE": summary.get("n_done", 0),
                 "N_FAILED": summary.get("n_failed", 0)}
+
+
+class SearchAlgorithm(_Algorithm):
+    def name(self) -> str:
+        return "search"
+
+    def displayName(self) -> str:
+        return "Search photos by place, time or text"
+
+    def shortHelpString(self) -> str:
+        return ("Ranks the photos of a gtloc results GeoPackage by how well they match a place (a point, optionally "
+                "with a radius filter), month and hour windows (e.g. 11-2 and 22-3, which wrap), or a text, and "
+                "writes the best ones as the layer search_results (points with rank and score). The model must be "
+                "the one that made the GeoPackage.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterFile("GPKG", "Results GeoPackage (from Locate and date photos)",
+                                                     extension="gpkg"))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "gtloc model (.safetensors; default: settings)",
+                                                     extension="safetensors", optional=True))
+        self.addParameter(QgsProcessingParameterPoint("POINT", "Place", optional=True))
+        self.addParameter(QgsProcessingParameterNumber("RADIUS_KM", "Only photos within (km of the place; 0: all)",
+                                                       QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterString("MONTH", "Months (e.g. 6 or 11-2)", optional=True))
+        self.addParameter(QgsProcessingParameterString("HOUR", "Local hours (e.g. 14 or 22-3)", optional=True))
+        self.addParameter(QgsProcessingParameterString("TEXT", "Text (instead of place and time)", optional=True))
+        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Results",
+                                                       QgsProcessingParameterNumber.Integer, 10, minValue=1))
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Search results GeoPackage",
+                                                                "GeoPackage (*.gpkg *.GPKG)"))
+        self.addOutput(QgsProcessingOutputNumber("N_RESULTS", "Photos found"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        model = self.parameterAsFile(parameters, "MODEL", context) or load_settings().model
+        if not model:
+            raise QgsProcessingException("no model given: set MODEL or choose a model in gtloc's settings")
+        near = None
+        if parameters.get("POINT") not in (None, ""):
+            # Given a CRS, QGIS transforms the point from the one it was entered in (a map click: the canvas CRS).
+            point = self.parameterAsPoint(parameters, "POINT", context, QgsCoordinateReferenceSystem("EPSG:4326"))
+            near = (point.y(), point.x())
+        out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        radius_km = self.parameterAsDouble(parameters, "RADIUS_KM", context)
+        try:
+            result = shared_client().search(
+                self.parameterAsFile(parameters, "GPKG", context), model, near_latlon_deg=near,
+                radius_km=radius_km if radius_km > 0 else None,
+                month=self.parameterAsString(parameters, "MONTH", context) or None,
+                hour=self.parameterAsString(parameters, "HOUR", context) or None,
+                text=self.parameterAsString(parameters, "TEXT", context) or None,
+                top_k=self.parameterAsInt(parameters, "TOP_K", context), out=out, is_cancelled=feedback.isCanceled)
+        except EngineError as exc:
+            raise QgsProcessingException(f"gtloc engine: {exc}") from None
+        for note in result.get("notes", []):
+            feedback.reportError(note, False)
+        feedback.pushInfo(f"{len(result['results'])} of {result.get('n_candidates', 0)} photos "
+                          f"({result['query']['kind']} query, {result.get('method')} search)")
+        return {"OUTPUT": out, "N_RESULTS": len(result["results"])}
 
 
 class ExportAlgorithm(_Algorithm):

@@ -1,4 +1,4 @@
-"""Settings dialog: the engine (its Python or gtloc executable; found on PATH when empty), model, top-k, output folder."""
+"""Settings dialog: the engine (its Python or gtloc executable; PATH when empty), model, top-k, output folder."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ ENGINE_GTLOC = ENGINE_PYTHON.parent / "gtloc"
 
 def _engine_run(*args, timeout=300) -> str:
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
-    proc = subprocess.run(check=False, args=[str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(check=False, args=[str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

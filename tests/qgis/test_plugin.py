@@ -47,13 +47,14 @@ def test_the_plugin_loads_and_unloads_cleanly(iface, qgis_processing):
         plugin.initGui()
         provider = registry.providerById("gtloc")
         assert provider is not None
-        assert {a.name() for a in provider.algorithms()} == {"predict", "export"}
+        assert {a.name() for a in provider.algorithms()} == {"predict", "search", "export"}
         assert iface.drop_handlers == [plugin.drop_handler] and len(iface.menu_actions) == len(plugin.actions) == 4
-        assert iface.docks == [plugin.time_dock]
+        assert iface.docks == [plugin.time_dock, plugin.search_dock]
         plugin.unload()
         assert registry.providerById("gtloc") is None
         assert iface.drop_handlers == [] and iface.menu_actions == [] and plugin.actions == []
-        assert plugin.time_dock is None and iface.docks == [] and not shared_client().running
+        assert plugin.time_dock is None and plugin.search_dock is None and iface.docks == []
+        assert not shared_client().running
 
 
 def test_only_photos_are_taken_from_a_drop(engine_files, tmp_path, qgis_app):

@@ -1,0 +1,262 @@
+"""A dock for geo-temporal search over the loaded gtloc photo layers (the engine's `search` over the layer's
+GeoPackage): pick a place on the map, month/hour windows, the selected photo or a text; the results are listed
+with their scores and selected on the map.
+
+    SearchDock     the dock: its widgets, the pick-a-place map tool, the Search button
+    SearchTask     QgsTask: run() only talks to the engine, finished() alone touches the layer and the list
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeatureRequest,
+    QgsProject,
+    QgsTask,
+)
+from qgis.gui import QgsMapToolEmitPoint
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..engine_client import EngineClient, EngineError, shared_client
+from ..layers import KIND_PROPERTY, SOURCE_PROPERTY
+from ..settings import load_settings
+
+WGS84 = "EPSG:4326"
+
+
+class SearchTask(QgsTask):
+    """One engine search in the background; `on_done(task)` runs on the main thread when it ends."""
+
+    def __init__(self, client: EngineClient, kwargs: dict, on_done):
+        super().__init__("gtloc: search", QgsTask.CanCancel)
+        self.client, self.kwargs, self.on_done = client, kwargs, on_done
+        self.result: dict | None = None
+        self.error: str | None = None
+
+    def run(self) -> bool:
+        try:
+            self.result = self.client.search(**self.kwargs, is_cancelled=self.isCanceled)
+        except EngineError as exc:
+            self.error = str(exc)
+            return False
+        return True
+
+    def finished(self, ok: bool) -> None:
+        if not ok and self.error is None:
+            self.error = "cancelled"
+        self.on_done(self)
+
+
+class SearchDock(QDockWidget):
+    """Searches the chosen gtloc photos layer's GeoPackage with the model from gtloc's settings."""
+
+    def __init__(self, iface, client_factory=shared_client):
+        super().__init__("gtloc: search")
+        self.setObjectName("GtlocSearchDock")
+        self.iface, self.client_factory = iface, client_factory
+        self.near_latlon_deg: tuple[float, float] | None = None
+        self.task: SearchTask | None = None  # Python QgsTasks must stay referenced until they finish
+        self.last_result: dict | None = None
+
+        self.layer_box = QComboBox()
+        self.pick_button = QPushButton("Pick on map")
+        self.pick_button.setCheckable(True)
+        self.clear_place_button = QPushButton("Clear")
+        self.place_label = QLabel("no place")
+        self.radius_km = QDoubleSpinBox()
+        self.radius_km.setRange(0.0, 20_100.0)  # 0: no radius filter; half the Earth's circumference covers all
+        self.radius_km.setSuffix(" km")
+        self.radius_km.setSpecialValueText("any distance")
+        self.month = QLineEdit()
+        self.month.setPlaceholderText("e.g. 6 or 11-2")
+        self.hour = QLineEdit()
+        self.hour.setPlaceholderText("e.g. 14 or 22-3 (local)")
+        self.like_selected = QCheckBox("like the selected photo")
+        self.text = QLineEdit()
+        self.text.setPlaceholderText("or a text, e.g. snow at dusk")
+        self.top_k = QSpinBox()
+        self.top_k.setRange(1, 1000)
+        self.top_k.setValue(10)
+        self.search_button = QPushButton("Search")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.results = QTreeWidget()
+        self.results.setHeaderLabels(["rank", "score", "photo", "km"])
+        self.results.setRootIsDecorated(False)
+
+        place_row = QHBoxLayout()
+        for widget in (self.place_label, self.pick_button, self.clear_place_button):
+            place_row.addWidget(widget)
+        form = QFormLayout()
+        form.addRow("Photos layer", self.layer_box)
+        form.addRow("Place", place_row)
+        form.addRow("Radius", self.radius_km)
+        form.addRow("Months", self.month)
+        form.addRow("Hours", self.hour)
+        form.addRow("", self.like_selected)
+        form.addRow("Text", self.text)
+        form.addRow("Results", self.top_k)
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.addLayout(form)
+        layout.addWidget(self.search_button)
+        layout.addWidget(self.status)
+        layout.addWidget(self.results, 1)
+        self.setWidget(body)
+
+        self.place_tool = QgsMapToolEmitPoint(iface.mapCanvas())
+        self.place_tool.canvasClicked.connect(self._on_map_click)
+        self.pick_button.toggled.connect(self._on_pick_toggled)
+        self.clear_place_button.clicked.connect(lambda: self.set_place(None))
+        self.search_button.clicked.connect(self.search)
+        project = QgsProject.instance()
+        project.layersAdded.connect(self.refresh_layers)
+        project.layersRemoved.connect(self.refresh_layers)
+        self.refresh_layers()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def unload(self) -> None:
+        """Disconnect from the project and the canvas, cancel a running search (plugin unload)."""
+        project = QgsProject.instance()
+        for signal in (project.layersAdded, project.layersRemoved):
+            try:
+                signal.disconnect(self.refresh_layers)
+            except TypeError:
+                pass
+        canvas = self.iface.mapCanvas()
+        if canvas.mapTool() is self.place_tool:
+            canvas.unsetMapTool(self.place_tool)
+        if self.task is not None:
+            self.task.on_done = lambda task: None
+            self.task.cancel()
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+    def photo_layers(self) -> list:
+        return [layer for layer in QgsProject.instance().mapLayers().values()
+                if layer.customProperty(KIND_PROPERTY) == "photos"]
+
+    def refresh_layers(self, *args) -> None:
+        current = self.layer_box.currentData()
+        self.layer_box.clear()
+        for layer in self.photo_layers():
+            self.layer_box.addItem(f"{layer.name()} ({Path(layer.customProperty(SOURCE_PROPERTY)).name})",
+                                   layer.id())
+        index = self.layer_box.findData(current)
+        self.layer_box.setCurrentIndex(index if index >= 0 else self.layer_box.count() - 1)  # newest by default
+
+    def current_layer(self):
+        layer_id = self.layer_box.currentData()
+        return QgsProject.instance().mapLayer(layer_id) if layer_id else None
+
+    def _on_pick_toggled(self, checked: bool) -> None:
+        canvas = self.iface.mapCanvas()
+        if checked:
+            canvas.setMapTool(self.place_tool)
+        elif canvas.mapTool() is self.place_tool:
+            canvas.unsetMapTool(self.place_tool)
+
+    def _on_map_click(self, point, button=None) -> None:
+        self.set_place(point, self.iface.mapCanvas().mapSettings().destinationCrs())
+        self.pick_button.setChecked(False)
+
+    def set_place(self, point, crs: QgsCoordinateReferenceSystem | None = None) -> None:
+        """The query place from a map point in `crs` (the canvas CRS for a click); None clears it."""
+        if point is None:
+            self.near_latlon_deg = None
+            self.place_label.setText("no place")
+            return
+        wgs84 = QgsCoordinateReferenceSystem(WGS84)
+        if crs is not None and crs.isValid() and crs != wgs84:
+            point = QgsCoordinateTransform(crs, wgs84, QgsProject.instance()).transform(point)
+        self.near_latlon_deg = (point.y(), point.x())
+        self.place_label.setText(f"{point.y():.4f}, {point.x():.4f}")
+
+    def request_kwargs(self, layer) -> dict:
+        """EngineClient.search arguments from the widgets; ValueError (one line) when the query is incomplete."""
+        model = load_settings().model
+        if not model:
+            raise ValueError("no gtloc model chosen: set the checkpoint in gtloc's settings")
+        kwargs = {"gpkg": layer.customProperty(SOURCE_PROPERTY), "model": model, "top_k": self.top_k.value()}
+        text = self.text.text().strip()
+        if text:
+            kwargs["text"] = text
+        elif self.like_selected.isChecked():
+            selected = list(layer.getSelectedFeatures())
+            if not selected:
+                raise ValueError(f"select a photo in {layer.name()} to search for photos like it")
+            kwargs["like"] = selected[0]["path"]
+        else:
+            if self.near_latlon_deg is None and not (self.month.text().strip() or self.hour.text().strip()):
+                raise ValueError("pick a place on the map and/or give months or hours, a photo or a text")
+            kwargs.update(near_latlon_deg=self.near_latlon_deg, month=self.month.text().strip() or None,
+                          hour=self.hour.text().strip() or None)
+            if self.near_latlon_deg is not None and self.radius_km.value() > 0:
+                kwargs["radius_km"] = self.radius_km.value()
+        return kwargs
+
+    # -- search -------------------------------------------------------------------------------------------------
+    def search(self) -> SearchTask | None:
+        """Start the search in a QgsTask; the results arrive in show_results()."""
+        layer = self.current_layer()
+        if layer is None:
+            self.status.setText("no gtloc photos layer: locate some photos first")
+            return None
+        if self.task is not None:
+            self.status.setText("a search is running")
+            return None
+        try:
+            kwargs = self.request_kwargs(layer)
+        except ValueError as exc:
+            self.status.setText(str(exc))
+            return None
+        self.status.setText("searching…")
+        self.search_button.setEnabled(False)
+        self.task = SearchTask(self.client_factory(), kwargs, self._task_done)
+        self.task.layer_id = layer.id()
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def _task_done(self, task: SearchTask) -> None:
+        self.task = None
+        self.search_button.setEnabled(True)
+        if task.error:
+            self.status.setText(f"error: {task.error}")
+            return
+        self.show_results(task.result, QgsProject.instance().mapLayer(task.layer_id))
+
+    def show_results(self, result: dict, layer) -> None:
+        """List the results with their scores and select their photos (matched on sha256) in `layer`."""
+        self.last_result = result
+        self.results.clear()
+        for hit in result["results"]:
+            km = "" if hit.get("dist_km") is None else f"{hit['dist_km']:.0f}"
+            self.results.addTopLevelItem(QTreeWidgetItem([str(hit["rank"]), f"{hit['score']:.4f}",
+                                                          Path(hit["path"]).name, km]))
+        notes = " ".join(result.get("notes", []))
+        self.status.setText(f"{len(result['results'])} of {result.get('n_candidates', 0)} photos "
+                            f"({result['query']['kind']} query){': ' + notes if notes else ''}")
+        if layer is None:
+            return
+        wanted = {hit["sha256"] for hit in result["results"]}
+        request = QgsFeatureRequest().setSubsetOfAttributes(["sha256"], layer.fields())
+        request.setFlags(QgsFeatureRequest.NoGeometry)
+        layer.selectByIds([f.id() for f in layer.getFeatures(request) if f["sha256"] in wanted])
