@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embed", help="embeddings of photos, places and times in the joint space (.npz)")
     e.add_argument("photos", nargs="*", help="photo files or folders")
     e.add_argument("--model", required=True)
-    e.add_argument("--place", action="append", type=_latlon, help="LAT,LON in degrees (repeatable; write --place=-33.9,151.2 for a negative latitude)")
+    e.add_argument("--place", action="append", type=_latlon,
+                   help="LAT,LON in degrees (repeatable; write --place=-33.9,151.2 for a negative latitude)")
     e.add_argument("--time", action="append", help="local time, ISO 8601 or EXIF format (repeatable)")
     e.add_argument("--out", required=True, help="output .npz (no pickled objects)")
     e.set_defaults(func=cmd_embed)
@@ -357,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     ig = sub.add_parser("import-geoclip", help="turn the installed geoclip package's released weights and "
                         "100K gallery into a gtloc checkpoint (ViT-L-14 'openai' backbone; time head untrained)")
     ig.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
-    ig.add_argument("--geoclip-dir", help="a geoclip/model folder (weights/, gps_gallery/) instead of the installed package")
+    ig.add_argument("--geoclip-dir",
+                    help="a geoclip/model folder (weights/, gps_gallery/) instead of the installed package")
     ig.set_defaults(func=cmd_import_geoclip)
 
     i = sub.add_parser("info", help="print a checkpoint's header: config, heads, versions, sha256")
@@ -387,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", help="results.json, or results.gpkg (layer search_results, added to an existing file)")
     se.set_defaults(func=cmd_search)
 
-    sv = sub.add_parser("serve", help="engine worker for the QGIS plugin: JSON lines on stdin/stdout (docs/protocol.md)")
+    sv = sub.add_parser("serve",
+                        help="engine worker for the QGIS plugin: JSON lines on stdin/stdout (docs/protocol.md)")
     sv.add_argument("--stdio", action="store_true", required=True, help="speak the protocol on stdin/stdout")
     sv.set_defaults(func=cmd_serve)
     return p

@@ -137,3 +137,22 @@ def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs):
     with pytest.raises(GtlocError):
         write_dataset(tmp_path / "ds", **kwargs)
     assert not (tmp_path / "ds").exists()
+
+
+def test_world_overrides_are_used_and_recorded(tmp_path):
+    from gtloc_engine.synth.world import SunWorld, WorldConfig
+
+    write_dataset(tmp_path / "few", 12, seed=3, world={"n_regions": 5})
+    params = json.loads((tmp_path / "few" / "world.json").read_text())
+    assert params["world"]["n_regions"] == 5
+    rows = list(csv.DictReader(open(tmp_path / "few" / "manifest.csv")))
+    world = SunWorld(WorldConfig(seed=3, n_regions=5))
+    lat_deg = np.array([float(r["lat_deg"]) for r in rows])
+    regions = world.region_of(lat_deg, np.array([float(r["lon_deg"]) for r in rows]))
+    assert set(regions.tolist()) <= set(range(5))
+
+
+@pytest.mark.parametrize("world, message", [({"n_regions": 0}, "n_regions"), ({"regions": 5}, "regions")])
+def test_bad_world_settings_are_refused(tmp_path, world, message):
+    with pytest.raises(GtlocError, match=message):
+        write_dataset(tmp_path / "bad", 4, world=world)

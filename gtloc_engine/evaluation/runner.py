@@ -1,6 +1,7 @@
 """Evaluate a model on labelled photos: geolocation, time of capture, and geo-temporal retrieval, as in the paper.
 
-Geolocation: top-1 place over the model's gallery. Time: mode of the month x hour posterior. Retrieval: the
+Geolocation: top-1 place over the model's gallery. Time: mode of the month x hour posterior, from the image alone and
+(a model with both heads) from the image and its true place, through the fused place + time embedding. Retrieval: the
 query is the fused (summed, renormalised) embedding of a photo's true place and time; the gallery is the image
 embeddings of all evaluated photos; R@k counts the photo itself among the top k.
 """
@@ -32,6 +33,12 @@ def evaluate_embeddings(predictor: Predictor, image_emb: np.ndarray, records: li
         est = [predictor.estimate_time(g) for g in grids]
         pred = np.array([(e.month_pos, e.hour_local) for e in est])
         out.update(time_metrics(torus * np.array([12.0, 24.0]), pred))
+        if model.heads_trained.get("location"):  # image + true place -> time, through the fused embedding
+            grids = predictor.time_posterior_given_place(image_emb[timed], true_ll[timed])
+            est = [predictor.estimate_time(g) for g in grids]
+            pred = np.array([(e.month_pos, e.hour_local) for e in est])
+            given = time_metrics(torus * np.array([12.0, 24.0]), pred)
+            out.update({f"{k}_given_place": v for k, v in given.items()})
     if model.heads_trained.get("location") and model.heads_trained.get("time") and timed.sum() > 1:
         torus_t = torch.as_tensor(np.array([r.torus for r in records if r.torus is not None]), dtype=torch.float32)
         place_t = torch.as_tensor(true_ll[timed], dtype=torch.float32)
@@ -50,7 +57,9 @@ def evaluate_records(predictor: Predictor, records: list[Record], *, batch_size:
 METRIC_COLUMNS = [
     ("acc_1km", "1 km %"), ("acc_25km", "25 km %"), ("acc_200km", "200 km %"), ("acc_750km", "750 km %"),
     ("acc_2500km", "2500 km %"), ("median_km", "median km"), ("month_err", "month err"), ("hour_err", "hour err"),
-    ("tps", "TPS"), ("geotemporal_r@1", "R@1"), ("geotemporal_r@5", "R@5"), ("geotemporal_r@10", "R@10"),
+    ("tps", "TPS"), ("month_err_given_place", "month err given place"),
+    ("hour_err_given_place", "hour err given place"),
+    ("geotemporal_r@1", "R@1"), ("geotemporal_r@5", "R@5"), ("geotemporal_r@10", "R@10"),
 ]
 
 
@@ -62,7 +71,6 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
         cells = []
         for key, _ in METRIC_COLUMNS:
             value = metrics.get(key)
-            cells.append("-" if value is None else f"{value:.1f}" if key != "month_err" and key != "hour_err"
-                         else f"{value:.2f}")
+            cells.append("-" if value is None else f"{value:.2f}" if "_err" in key else f"{value:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

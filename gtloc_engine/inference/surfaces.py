@@ -18,7 +18,8 @@ Cost per photo (everything after the image embedding); the location encoder runs
 - Regional surfaces (~1 km cells): one window per mode, centred on the mode's cell, `regional_half_km` (50 km)
   each way, or 1.5 global cells if that is more (so that the window holds the mode's cell and its neighbours,
   where the continuous peak lies): 2 * 50 + 1 = 101 rows of cell_km / 111.19 deg at the default 0.25 deg, and
-  as many columns as cover the same km at the mode's latitude (at most 4x the rows, near the poles). Rows past +-90 deg are clipped. Windows are kept
+  as many columns as cover the same km at the mode's latitude (at most 4x the rows, near the poles). Rows past
+  +-90 deg are clipped. Windows are kept
   contiguous across the antimeridian (east may exceed 180 or west fall below -180; GIS software draws them
   there) and the encoder sees wrapped longitudes. The encoder is evaluated on a lattice and the scores are
   interpolated bicubically to the cells: the location encoder is band-limited by its random Fourier features

@@ -140,5 +140,6 @@ class Backbone(nn.Module):
             # Local files and random or trained weights: hash the actual tensors, whatever their source.
             for key, tensor in sorted(self.clip.state_dict().items()):
                 h.update(key.encode())
-                h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+                raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # any dtype, bf16 too
+                h.update(raw.numpy().tobytes())
         return h.hexdigest()[:24]

@@ -50,7 +50,8 @@ def _check_arguments(n_photos, image_size, untimed_fraction, split_fractions, qu
     fractions = tuple(float(f) for f in split_fractions)
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise GtlocError(
-            f"split_fractions must be three non-negative (train, val, test) shares summing to 1, got {split_fractions!r}"
+            "split_fractions must be three non-negative (train, val, test) shares summing to 1, "
+            f"got {split_fractions!r}"
         )
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
         raise GtlocError(f"quality must be an int in 1..100, got {quality!r}")
@@ -98,18 +99,24 @@ def write_dataset(
     untimed_fraction: float = 0.0,
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     quality: int = 90,
+    world: dict | None = None,
 ) -> Path:
     """Render n_photos SunWorld photos with EXIF into out_dir; returns the path of manifest.csv.
 
     untimed_fraction is the share of the train split written without a timestamp (val and test keep theirs).
     A re-run with the same arguments skips photos already written; different arguments into a folder that
-    holds another dataset raise GtlocError instead of mixing the two.
+    holds another dataset raise GtlocError instead of mixing the two. `world` overrides WorldConfig fields
+    (e.g. {"n_regions": 24}: fewer, more distinct regions make place learnable from a small dataset).
     """
     fractions = _check_arguments(n_photos, image_size, untimed_fraction, split_fractions, quality)
     out = Path(out_dir)
     photos = out / "photos"
     photos.mkdir(parents=True, exist_ok=True)
-    world = SunWorld(WorldConfig(seed=int(seed)))
+    try:
+        world_config = WorldConfig(**{**(world or {}), "seed": int(seed)})
+    except (TypeError, ValueError) as exc:
+        raise GtlocError(f"bad SunWorld world settings {world!r}: {exc}") from None
+    world = SunWorld(world_config)
     params = _parameters(seed, n_photos, image_size, untimed_fraction, fractions, quality, world)
     params_text = json.dumps(params, indent=2, sort_keys=True) + "\n"
     world_json = out / "world.json"

@@ -69,7 +69,7 @@ class TrainConfig:
     time_queue: int = 4096
     gps_noise_deg: float = 0.01  # GeoCLIP's Gaussian GPS jitter
     tml_target: str = "softmax"
-    tau_delta: float = 0.05  # torus-distance temperature of the softmax TML target
+    tau_delta: float = 0.2  # torus-distance temperature of the softmax TML target (0.05 learned no time: bench)
     val_fraction: float = 0.1
     augment: bool = True  # random resized crop + flip when the backbone trains
     cache_dir: str | None = None
@@ -179,15 +179,19 @@ class Trainer:
             "time": cfg.time_weight > 0 and any(r.torus is not None for r in self.train_records),
         }
         self.model.gallery_latlon_deg = self._gallery(self.train_records)
-        params = [{"params": self.model.head_parameters(), "lr": cfg.lr}]
-        if not self.frozen:
-            params.append({"params": list(self.model.backbone.parameters()), "lr": cfg.backbone_lr})
-        self.optimizer = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+        self.optimizer = self._build_optimizer()
         self.loc_queue = CoordinateQueue(cfg.loc_queue, 2)
         self.time_queue = CoordinateQueue(cfg.time_queue, 2)
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the heads (lr) and, when it trains, the backbone (backbone_lr)."""
+        params = [{"params": self.model.head_parameters(), "lr": self.cfg.lr}]
+        if not self.frozen:
+            params.append({"params": list(self.model.backbone.parameters()), "lr": self.cfg.backbone_lr})
+        return torch.optim.AdamW(params, weight_decay=self.cfg.weight_decay)
 
     def _gallery(self, records: list[Record]) -> np.ndarray:
         places = np.unique(np.array([(r.lat_deg, r.lon_deg) for r in records], dtype=np.float64), axis=0)
@@ -287,7 +291,8 @@ class Trainer:
         order = self.train_idx[np.random.default_rng(self.cfg.seed + 1000 * epoch).permutation(len(self.train_idx))]
         n_batches = max(1, len(order) // (per_rank * self.dist.world))
         mine = order[self.dist.rank::self.dist.world]
-        return [mine[b * per_rank:(b + 1) * per_rank] for b in range(n_batches) if len(mine[b * per_rank:(b + 1) * per_rank]) >= 2]
+        batches = [mine[b * per_rank:(b + 1) * per_rank] for b in range(n_batches)]
+        return [b for b in batches if len(b) >= 2]
 
     # -- validation ---------------------------------------------------------------------------------------------
 
@@ -299,7 +304,9 @@ class Trainer:
         self.model.eval()
         emb = torch.cat([self.model.embed_features(self._image_features(self.val_idx[i:i + 512], train=False))
                          for i in range(0, len(self.val_idx), 512)]).numpy()
-        metrics = evaluate_embeddings(Predictor(self.model), emb, [self.all_records[i] for i in self.val_idx])
+        # cache=False: the weights change every epoch, so disk-cached constants would never be read again
+        metrics = evaluate_embeddings(Predictor(self.model, cache=False), emb,
+                                      [self.all_records[i] for i in self.val_idx])
         return {f"val_{k}": v for k, v in metrics.items()}
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -374,7 +381,8 @@ class Trainer:
         steps_per_epoch = len(self._epoch_batches(0))
         total_steps = steps_per_epoch * cfg.epochs
         params = [p for p in self.model.parameters() if p.requires_grad]
-        last_epoch = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs, self.epoch + cfg.stop_after_epochs)
+        last_epoch = (cfg.epochs if cfg.stop_after_epochs is None
+                      else min(cfg.epochs, self.epoch + cfg.stop_after_epochs))
         while self.epoch < last_epoch:
             self.model.train()
             batches = self._epoch_batches(self.epoch)

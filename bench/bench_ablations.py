@@ -1,0 +1,163 @@
+"""Ablations on SunWorld, same data and budget, several seeds: does joint place + time training help time?
+
+Trains, for each seed, GT-Loc (joint), time only (the paper's TimeLoc), location only (GeoCLIP-like) and the
+regression-head baseline on one SunWorld dataset, then evaluates every model on the test split with the
+evaluation suite (plus time given the true place for the joint model). Two reference rows need no training:
+- "prior": always the most common month and hour of the training photos (the floor any model must beat);
+- "sun elevation oracle": a 20-nearest-neighbour predictor fed the TRUE solar elevation (and the true latitude) of
+  each photo. A photo taken with a random camera heading shows the sun's elevation but not its compass direction,
+  so this is about the best any image model can do on hour and month from the sun alone.
+Results: <out>/ablations.json (per seed and aggregated) and a markdown table (mean +- sd over seeds) on stdout.
+
+    .venv/bin/python bench/bench_ablations.py --out bench/runs/ablations
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+from gtloc_engine.evaluation.metrics import time_metrics  # noqa: E402
+from gtloc_engine.evaluation.runner import METRIC_COLUMNS, evaluate_records  # noqa: E402
+from gtloc_engine.inference.predictor import Predictor  # noqa: E402
+from gtloc_engine.model.checkpoint import load_checkpoint  # noqa: E402
+from gtloc_engine.model.config import preset  # noqa: E402
+from gtloc_engine.synth import write_dataset  # noqa: E402
+from gtloc_engine.synth.solar import solar_position  # noqa: E402
+from gtloc_engine.timecode import parse_time  # noqa: E402
+from gtloc_engine.training.data import read_manifest  # noqa: E402
+from gtloc_engine.training.regression_baseline import RegressionTrainer  # noqa: E402
+from gtloc_engine.training.trainer import MODEL_FILE, TrainConfig, Trainer  # noqa: E402
+
+VARIANTS = {
+    "GT-Loc (joint)": {},
+    "time only (TimeLoc)": {"loc_weight": 0.0},
+    "location only (GeoCLIP-like)": {"time_weight": 0.0},
+    "regression head": {"regression": True},
+}
+
+
+def sun_oracle_rows(manifest: Path) -> dict[str, dict[str, float]]:
+    """Prior and true-sun-elevation kNN references on the test split (see the module docstring)."""
+    import csv
+
+    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    rows = [r for r in rows if r["timestamp"]]
+    times = [parse_time(r["timestamp"]) for r in rows]
+    lat = np.array([float(r["lat_deg"]) for r in rows])
+    lon = np.array([float(r["lon_deg"]) for r in rows])
+    local = np.array([np.datetime64(t.isoformat()[:19]) for t in times])
+    offset = np.array([t.utc_offset_min for t in times])
+    elev = solar_position(lat, lon, local, offset).elevation_deg
+    truth = np.array([(t.month_pos, t.hour_local) for t in times])
+    split = np.array([r["split"] for r in rows])
+    tr, te = split == "train", split == "test"
+
+    def circular_mode(values: np.ndarray, period: float, bins: int = 48) -> np.ndarray:
+        hist = np.stack([np.histogram(np.mod(v, period), bins=bins, range=(0, period))[0] for v in values])
+        smooth = hist + np.roll(hist, 1, axis=1) + np.roll(hist, -1, axis=1)
+        return (np.argmax(smooth, axis=1) + 0.5) * period / bins
+
+    def knn_predict(features: np.ndarray, k: int = 20) -> np.ndarray:
+        d = ((features[te][:, None, :] - features[tr][None, :, :]) ** 2).sum(-1)
+        nn = np.argsort(d, axis=1)[:, :k]
+        return np.stack((circular_mode(truth[tr, 0][nn], 12.0), circular_mode(truth[tr, 1][nn], 24.0)), axis=1)
+
+    prior = np.stack((circular_mode(truth[tr, 0][None], 12.0), circular_mode(truth[tr, 1][None], 24.0)), axis=1)
+    return {
+        "prior (commonest month and hour)": time_metrics(truth[te], np.repeat(prior, te.sum(), axis=0)),
+        "sun elevation oracle": time_metrics(truth[te], knn_predict(np.stack((elev / 30.0,), 1))),
+        "sun elevation + latitude oracle": time_metrics(truth[te], knn_predict(np.stack((elev / 30.0, lat / 30.0), 1))),
+    }
+
+
+def train_and_evaluate(name: str, overrides: dict, seed: int, args, manifest: Path, run_dir: Path) -> dict:
+    overrides = dict(overrides)
+    regression = overrides.pop("regression", False)
+    cfg = TrainConfig(
+        out_dir=str(run_dir), model=preset(args.preset).to_dict(), manifest=str(manifest), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, backbone_lr=args.lr, seed=seed, loc_queue=args.queue,
+        time_queue=args.queue, warmup_steps=20, cache_dir=str(Path(args.out) / "feature_cache"), progress=False,
+        resume=False, tau_delta=args.tau_delta, **overrides,
+    )
+    test = [r for r in read_manifest(manifest) if r.split == "test"]
+    t0 = time.perf_counter()
+    if regression:
+        trainer = RegressionTrainer(cfg)
+        trainer.run()
+        metrics = trainer.evaluate_records(test)
+    else:
+        Trainer(cfg).run()
+        metrics, _ = evaluate_records(Predictor(load_checkpoint(run_dir / MODEL_FILE), cache=False), test)
+    metrics["train_eval_s"] = time.perf_counter() - t0
+    print(f"  seed {seed} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), file=sys.stderr)
+    return metrics
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    keys = sorted({k for m in per_seed for k in m})
+    return {k: (float(np.mean([m[k] for m in per_seed if k in m])), float(np.std([m[k] for m in per_seed if k in m])))
+            for k in keys}
+
+
+def table(rows: dict[str, dict[str, tuple[float, float]]]) -> str:
+    columns = [(k, h) for k, h in METRIC_COLUMNS if k not in ("acc_1km", "acc_25km")]
+    lines = ["| model | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, stats in rows.items():
+        cells = []
+        for key, _ in columns:
+            if key not in stats:
+                cells.append("-")
+                continue
+            mean, sd = stats[key]
+            fmt = ".2f" if "_err" in key else ".1f"
+            cells.append(f"{mean:{fmt}} ± {sd:{fmt}}" if sd > 0 else f"{mean:{fmt}}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/runs/ablations")
+    p.add_argument("--n-photos", type=int, default=4000)
+    p.add_argument("--n-regions", type=int, default=24, help="SunWorld regions (fewer: place is easier to learn)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--queue", type=int, default=1024)
+    p.add_argument("--tau-delta", type=float, default=TrainConfig.tau_delta,
+                   help="TML target temperature (torus distance)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = p.parse_args()
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    manifest = write_dataset(out / "sunworld", args.n_photos, seed=0, untimed_fraction=0.0,
+                             world={"n_regions": args.n_regions})
+    per_variant: dict[str, list[dict]] = {v: [] for v in args.variants}
+    for seed in args.seeds:
+        for name in args.variants:
+            slug = name.split(" (")[0].replace(" ", "-").lower()
+            per_variant[name].append(train_and_evaluate(name, VARIANTS[name], seed, args, manifest,
+                                                        out / f"seed{seed}" / slug))
+    rows = {name: aggregate(ms) for name, ms in per_variant.items()}
+    rows.update({name: {k: (v, 0.0) for k, v in m.items()} for name, m in sun_oracle_rows(manifest).items()})
+    result = {"args": vars(args), "wall_s": time.perf_counter() - t0, "per_seed": per_variant,
+              "aggregate": {n: {k: list(v) for k, v in s.items()} for n, s in rows.items()}}
+    (out / "ablations.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(table(rows))
+    print(f"\n{len(args.seeds)} seeds, {args.n_photos} photos, {args.epochs} epochs, wall {result['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
