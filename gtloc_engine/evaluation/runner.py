@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gtloc_engine.evaluation.metrics import geolocation_metrics, recall_at_k, time_metrics
 from gtloc_engine.inference.predictor import Predictor
@@ -27,22 +26,21 @@ def evaluate_embeddings(predictor: Predictor, image_emb: np.ndarray, records: li
     if model.heads_trained.get("location"):
         probs = predictor.location_posterior(image_emb)
         out.update(geolocation_metrics(true_ll, predictor.gallery_latlon_deg[probs.argmax(1)]))
+    torus = np.array([r.torus for r in records if r.torus is not None], dtype=np.float64).reshape(-1, 2)
+    true_month_hour = torus * np.array([12.0, 24.0])
+
+    def scored(grids: np.ndarray) -> dict[str, float]:
+        estimates = [predictor.estimate_time(g) for g in grids]
+        return time_metrics(true_month_hour, np.array([(e.month_pos, e.hour_local) for e in estimates]))
+
     if model.heads_trained.get("time") and timed.any():
-        torus = np.array([r.torus for r in records if r.torus is not None])
-        grids = predictor.time_posterior(image_emb[timed])
-        est = [predictor.estimate_time(g) for g in grids]
-        pred = np.array([(e.month_pos, e.hour_local) for e in est])
-        out.update(time_metrics(torus * np.array([12.0, 24.0]), pred))
+        out.update(scored(predictor.time_posterior(image_emb[timed])))
         if model.heads_trained.get("location"):  # image + true place -> time, through the fused embedding
-            grids = predictor.time_posterior_given_place(image_emb[timed], true_ll[timed])
-            est = [predictor.estimate_time(g) for g in grids]
-            pred = np.array([(e.month_pos, e.hour_local) for e in est])
-            given = time_metrics(torus * np.array([12.0, 24.0]), pred)
+            given = scored(predictor.time_posterior_given_place(image_emb[timed], true_ll[timed]))
             out.update({f"{k}_given_place": v for k, v in given.items()})
     if model.heads_trained.get("location") and model.heads_trained.get("time") and timed.sum() > 1:
-        torus_t = torch.as_tensor(np.array([r.torus for r in records if r.torus is not None]), dtype=torch.float32)
-        place_t = torch.as_tensor(true_ll[timed], dtype=torch.float32)
-        query = F.normalize(model.embed_locations(place_t) + model.embed_times(torus_t), dim=-1).numpy()
+        place_emb = model.embed_locations(torch.as_tensor(true_ll[timed], dtype=torch.float32))
+        query = model.fuse_place_time(place_emb, model.embed_times(torch.as_tensor(torus, dtype=torch.float32))).numpy()
         out.update({f"geotemporal_{k}": v for k, v in recall_at_k(query @ image_emb[timed].T).items()})
     return out
 

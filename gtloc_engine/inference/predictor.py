@@ -128,7 +128,7 @@ class Predictor:
         scale = self.model.logit_scale_time.exp().clamp(max=100.0)
         place_emb = self.model.embed_locations(torch.as_tensor(np.asarray(latlon_deg), dtype=torch.float32))
         time_emb = torch.as_tensor(self.time_emb, dtype=torch.float32)
-        fused = torch.nn.functional.normalize(place_emb[:, None, :] + time_emb[None, :, :], dim=-1)
+        fused = self.model.fuse_place_time(place_emb[:, None, :], time_emb[None, :, :])
         logits = scale * torch.einsum("nd,ntd->nt", torch.as_tensor(image_emb, dtype=torch.float32), fused)
         return torch.softmax(logits, dim=1).numpy().reshape(len(image_emb), MONTH_BINS, HOUR_BINS)
 

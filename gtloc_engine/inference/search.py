@@ -459,8 +459,7 @@ class CollectionSearch:
                 vectors = model.embed_times(torch.as_tensor(torus, dtype=torch.float32))
             if query.near_latlon_deg is not None:
                 place = model.embed_locations(torch.tensor([query.near_latlon_deg], dtype=torch.float32))
-                # The paper's place + time fusion: the sum of the two unit vectors, renormalised.
-                vectors = place if vectors is None else torch.nn.functional.normalize(place + vectors, dim=-1)
+                vectors = place if vectors is None else model.fuse_place_time(place, vectors)
             vectors = vectors.numpy()
         vectors = np.asarray(vectors, dtype=np.float32)
         if self.config.pooling == "mean" and len(vectors) > 1:

@@ -58,6 +58,11 @@ class GTLoc(nn.Module):
     def embed_times(self, torus: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.time_encoder(torus), dim=-1)
 
+    @staticmethod
+    def fuse_place_time(place_emb: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        """The paper's place + time query: the sum of the two unit vectors, renormalised (shapes broadcast)."""
+        return F.normalize(place_emb + time_emb, dim=-1)
+
     def head_parameters(self) -> list[nn.Parameter]:
         """Everything trainable except the backbone (which has its own learning rate when it trains)."""
         return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
