@@ -39,6 +39,8 @@ from gtloc_engine.training.trainer import MODEL_FILE, TrainConfig, Trainer  # no
 
 VARIANTS = {
     "GT-Loc (joint)": {},
+    # The composed InfoNCE/TML terms of the fused heads (ig2t, it2g, gt2i; training/trainer.py), same budget.
+    "GT-Loc + composed heads": {"composed_weight": 0.5},
     "time only (TimeLoc)": {"loc_weight": 0.0},
     "location only (GeoCLIP-like)": {"time_weight": 0.0},
     "regression head": {"regression": True},

@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             raise GtlocError(f"training config {args.config} cannot be read as JSON ({exc})") from None
     for name in ("epochs", "batch_size", "lr", "seed", "loc_weight", "time_weight", "tml_target", "tau_delta",
-                 "cache_dir", "workers", "val_fraction", "stop_after_epochs"):
+                 "composed_weight", "cache_dir", "workers", "val_fraction", "stop_after_epochs"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
@@ -72,6 +72,18 @@ def cmd_train(args) -> int:
     if history:
         print(json.dumps(history[-1]))
     return EXIT_OK
+
+
+def _place_gallery(args):
+    from gtloc_engine.io.galleries import read_place_gallery
+
+    return read_place_gallery(args.gallery) if args.gallery else None
+
+
+def _time_gallery(args):
+    from gtloc_engine.io.galleries import read_time_gallery
+
+    return read_time_gallery(args.time_gallery) if args.time_gallery else None
 
 
 def cmd_predict(args) -> int:
@@ -87,12 +99,12 @@ def cmd_predict(args) -> int:
     from gtloc_engine.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.model)
-    model.backbone.set_precision(args.precision)
-    predictor = Predictor(model)
+    model.backbone.set_precision(args.precision).set_tencrop(args.tencrop)
+    predictor = Predictor(model, gallery_latlon_deg=_place_gallery(args), time_gallery_fields=_time_gallery(args))
     paths = iter_photo_paths(args.photos)
     if not paths:
         raise GtlocError(f"no photos found in {' '.join(args.photos)}")
-    results = predictor.predict_photos(paths, top_k=args.top_k, batch_size=args.batch_size)
+    results = predictor.predict_photos(paths, top_k=args.top_k, batch_size=args.batch_size, given_time=args.time)
     for r in results:
         if "error" in r:
             print(f"gtloc: error: {r['error']}", file=sys.stderr)
@@ -129,10 +141,11 @@ def _predict_to_geopackage(args) -> int:
         bar.refresh()
 
     try:
-        pipeline = PhotoPipeline(args.model, top_k=args.top_k, config=PipelineConfig(global_res_deg=args.res_deg))
-        pipeline.model.backbone.set_precision(args.precision)
+        pipeline = PhotoPipeline(args.model, top_k=args.top_k, config=PipelineConfig(global_res_deg=args.res_deg),
+                                 time_gallery_fields=_time_gallery(args))
+        pipeline.model.backbone.set_precision(args.precision).set_tencrop(args.tencrop)
         summary = pipeline.run(args.photos, args.out, rasters_dir=args.rasters, batch_size=args.batch_size,
-                               progress=progress, cancel=cancel)
+                               progress=progress, cancel=cancel, given_time=args.time)
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
@@ -207,7 +220,10 @@ def cmd_eval(args) -> int:
     records = [r for r in read_manifest(args.manifest) if args.split in (None, "all") or r.split == args.split]
     if not records:
         raise GtlocError(f"manifest {args.manifest} has no rows in split {args.split!r}")
-    metrics, failures = evaluate_records(Predictor(load_checkpoint(args.model)), records)
+    model = load_checkpoint(args.model)
+    model.backbone.set_tencrop(args.tencrop)
+    predictor = Predictor(model, gallery_latlon_deg=_place_gallery(args), time_gallery_fields=_time_gallery(args))
+    metrics, failures = evaluate_records(predictor, records)
     for _, reason in failures:
         print(f"gtloc: error: {reason}", file=sys.stderr)
     _write_json(metrics, args.out)
@@ -232,6 +248,34 @@ def cmd_import_geoclip(args) -> int:
     info = read_header(path)["info"]
     print(json.dumps({"checkpoint": str(path), "geoclip_version": info["geoclip_version"],
                       "gallery": info["gallery"], "time_head": info["time_head"]}))
+    return EXIT_OK
+
+
+def cmd_import_gtloc(args) -> int:
+    from gtloc_engine.model.checkpoint import read_header
+    from gtloc_engine.model.gtloc_import import import_authors_model
+
+    gallery, note = None, None
+    if args.gallery:
+        from gtloc_engine.io.galleries import read_place_gallery
+
+        gallery, note = read_place_gallery(args.gallery), f"{Path(args.gallery).name} (given at import)"
+    else:
+        try:  # GeoCLIP's 100K MP-16 gallery (MIT), the authors' GPS gallery too, when the package is installed
+            from gtloc_engine.model.geoclip_import import GALLERY_CSV, find_geoclip_package, read_gallery_csv
+
+            model_dir, version = find_geoclip_package()
+            gallery = read_gallery_csv(model_dir / GALLERY_CSV)
+            note = f"GeoCLIP {GALLERY_CSV} ({len(gallery)} MP-16 places, geoclip {version})"
+        except GtlocError:
+            pass
+    path = import_authors_model(args.source, args.out, gallery_latlon_deg=gallery, gallery_note=note)
+    header = read_header(path)
+    info = header["info"]
+    print(json.dumps({"checkpoint": str(path), "source_sha256": info["source_sha256"], "licence": info["licence"],
+                      "heads_trained": header["heads_trained"], "backbone": info["backbone"],
+                      "gallery": info["gallery"]}))
+    print(f"gtloc: note: {info['licence_note']}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -272,6 +316,13 @@ def cmd_search(args) -> int:
     return EXIT_OK
 
 
+def _add_gallery_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gallery", help="GPS gallery for the JSON places and the metrics: .npy (N, 2) lat/lon or a "
+                        "LAT,LON .csv (default: the checkpoint's own)")
+    parser.add_argument("--time-gallery", help=".npy (N, 5) local month, day, hour, minute, second rows to score "
+                        "instead of the uniform month x hour grid (e.g. the authors' cvt.npy, which you bring)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gtloc", description="Where and when was this photo taken? (GT-Loc engine)")
     p.add_argument("--version", action="version", version=f"gtloc {__version__}")
@@ -299,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-weight", type=float, help="0 trains location only (GeoCLIP-like)")
     t.add_argument("--tml-target", choices=["softmax", "poster"])
     t.add_argument("--tau-delta", type=float)
+    t.add_argument("--composed-weight", type=float, help="weight of the fused heads' terms (ig2t, it2g, gt2i); 0: off")
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--cache-dir", help="feature cache root (default ~/.cache/gtloc or $GTLOC_CACHE)")
     t.add_argument("--workers", type=int, help="photo decoding threads")
@@ -322,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "probability GeoTIFFs into this folder")
     pr.add_argument("--res-deg", type=float, default=0.25, help="with --out X.gpkg: cell size of the global "
                     "surface and its credible regions (0.25 default; 0.5 or 1 is faster and coarser)")
+    pr.add_argument("--time", help="a known local capture time (ISO 8601, e.g. 2024-07-14T18:30, or EXIF form): "
+                    "predict each photo's place given it (where given when, the it2g head)")
+    pr.add_argument("--tencrop", action="store_true",
+                    help="average ten crops per photo, as the authors' evaluation (10x the backbone cost)")
+    _add_gallery_options(pr)
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
@@ -339,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--manifest", required=True)
     ev.add_argument("--split", default="test", help="train, val, test, or all (default test)")
     ev.add_argument("--out", help="write the metrics JSON here instead of stdout")
+    ev.add_argument("--tencrop", action="store_true", help="average ten crops per photo, as the authors' eval")
+    _add_gallery_options(ev)
     ev.set_defaults(func=cmd_eval)
 
     sy = sub.add_parser("synth", help="write a SunWorld dataset: JPEGs with EXIF + manifest.csv")
@@ -361,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--geoclip-dir",
                     help="a geoclip/model folder (weights/, gps_gallery/) instead of the installed package")
     ig.set_defaults(func=cmd_import_geoclip)
+
+    ia = sub.add_parser("import-gtloc", help="turn the GT-Loc authors' released gtloc.pt (CC BY-NC 4.0) into a gtloc "
+                        "checkpoint: location and time encoders, adapter, six heads, and their CLIP if the file has it")
+    ia.add_argument("source", help="the authors' gtloc.pt (a plain state_dict; read with weights_only=True)")
+    ia.add_argument("--out", required=True, help="checkpoint to write (.safetensors)")
+    ia.add_argument("--gallery", help="GPS gallery to store (.npy (N,2) lat/lon or LAT,LON .csv); default: "
+                    "GeoCLIP's 100K MP-16 places when the geoclip package is installed")
+    ia.set_defaults(func=cmd_import_gtloc)
 
     i = sub.add_parser("info", help="print a checkpoint's header: config, heads, versions, sha256")
     i.add_argument("model")

@@ -194,7 +194,7 @@ class Worker:
             self.send({"id": request_id, "type": "progress", "done": int(done), "total": int(total)})
 
         summary = pipeline.run(photos, out_gpkg, rasters_dir=rasters_dir, batch_size=batch_size,
-                               progress=progress, cancel=cancel)
+                               progress=progress, cancel=cancel, given_time=_str_param(params, "time"))
         return summary.to_json()
 
     def _do_search(self, request_id, params: dict, cancel: threading.Event) -> dict:

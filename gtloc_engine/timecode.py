@@ -148,6 +148,31 @@ def torus_coords(times: list[TimeLike], **kwargs) -> np.ndarray:
     return out
 
 
+def time_fields(times: list[TimeLike], **kwargs) -> np.ndarray:
+    """(N, 5) float64 local (month, day, hour, minute, second) rows: the authors' time input, fed to
+    GTLoc.embed_time_fields, which computes their angles in their float32 order (see parse_time for kwargs)."""
+    out = np.empty((len(times), 5), dtype=np.float64)
+    for i, value in enumerate(times):
+        t = parse_time(value, **kwargs)
+        out[i] = (t.month, t.day, t.hour, t.minute, t.second)
+    return out
+
+
+def check_time_fields(fields: np.ndarray, what: str) -> np.ndarray:
+    """(N, 5) local (month, day, hour, minute, second) rows in range (a time gallery); TimeValueError otherwise."""
+    fields = np.asarray(fields, dtype=np.float64)
+    if fields.ndim != 2 or fields.shape[1] != 5 or len(fields) == 0 or not np.all(np.isfinite(fields)):
+        raise TimeValueError(f"{what}: expected a non-empty finite (N, 5) array of month, day, hour, minute, second; "
+                             f"got shape {fields.shape}")
+    lo, hi = np.array([1, 1, 0, 0, 0]), np.array([12, 31, 23, 59, 60])
+    bad = ((fields < lo) | (fields > hi)).any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise TimeValueError(f"{what}: row {row} {fields[row].tolist()} is not a local (month 1-12, day 1-31, "
+                             f"hour 0-23, minute 0-59, second 0-60) time; {int(bad.sum())} rows are out of range")
+    return fields
+
+
 def _wrapped(diff: np.ndarray, period: float) -> np.ndarray:
     """Shorter way round a circle of the given period."""
     diff = np.abs(np.asarray(diff, dtype=np.float64)) % period

@@ -144,15 +144,16 @@ def test_time_posterior_given_place_fuses_place_and_time_embeddings(trained_chec
     places = np.array([[48.8, 2.3], [-33.9, 151.2]])
     grids = predictor.time_posterior_given_place(image, places)
     assert grids.shape == (2, MONTH_BINS, HOUR_BINS) and np.allclose(grids.sum(axis=(1, 2)), 1.0)
-    # The log-odds of two cells is logit_scale_time x the difference of the cosines with the fused embeddings.
+    # The ig2t head: the log-odds of two cells is its scale x the difference of the cosines of the fused
+    # image + place query with the two cells' time embeddings.
     with torch.no_grad():
         place = model.embed_locations(torch.tensor(places[:1], dtype=torch.float32))[0].numpy()
         cells = [(6, 24), (30, 0)]  # two month x hour bins, embedded at their centres as the grid is
         centres = [[(m + 0.5) / MONTH_BINS, (h + 0.5) / HOUR_BINS] for m, h in cells]
         times = model.embed_times(torch.tensor(centres, dtype=torch.float32)).numpy()
-        scale = float(model.logit_scale_time.exp())
-    fused = (place + times) / np.linalg.norm(place + times, axis=1, keepdims=True)
-    expected = scale * (fused[0] @ image[0] - fused[1] @ image[0])
+        scale = float(model.logit_scale("ig2t"))
+    query = (place + image[0]) / np.linalg.norm(place + image[0])
+    expected = scale * (times[0] @ query - times[1] @ query)
     assert np.log(grids[0][cells[0]] / grids[0][cells[1]]) == pytest.approx(expected, abs=1e-3)
     assert not np.allclose(grids[0], grids[1])  # another place, another time posterior
 

@@ -92,7 +92,8 @@ def test_info_prints_config_heads_and_hash(model_path):
     proc = gtloc("info", model_path)
     assert proc.returncode == 0
     info = json.loads(proc.stdout)
-    assert info["heads_trained"] == {"location": True, "time": True}
+    assert info["heads_trained"] == {"location": True, "time": True, "gps_time": False, "ig2t": False, "it2g": False,
+                                     "gt2i": False}
     assert info["model"]["backbone"]["name"] == "gtloc-tiny-vit"
     assert len(info["file"]["sha256"]) == 64 and info["info"]["epoch"] == 3
 

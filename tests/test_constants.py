@@ -93,7 +93,7 @@ def test_image_side_does_not_change_the_key(tiny_model):
     before = model_key(tiny_model)
     with torch.no_grad():
         tiny_model.adapter.mlp[0].weight.mul_(2.0)
-        tiny_model.logit_scale_loc.add_(1.0)
+        tiny_model.logit_scales["img_gps"].add_(1.0)
     assert model_key(tiny_model) == before
 
 

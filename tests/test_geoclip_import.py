@@ -119,8 +119,9 @@ def test_import_records_source_version_and_untrained_time_head(imported_ckpt):
     assert info["source"] == "geoclip"
     assert info["geoclip_version"] == importlib.metadata.version("geoclip")
     assert "untrained" in info["time_head"]
-    assert header["heads_trained"] == {"location": True, "time": False}
-    assert header["model"]["backbone"] == {"name": "ViT-L-14", "pretrained": "openai", "trainable": False}
+    assert header["heads_trained"] == {"location": True, "time": False, "gps_time": False, "ig2t": False, "it2g": False, "gt2i": False}
+    assert header["model"]["backbone"] == {"name": "ViT-L-14", "pretrained": "openai", "trainable": False,
+                                         "open_clip_config": None, "text_tower": True}
     for name, digest in info["source_files_sha256"].items():
         assert hashlib.sha256((geoclip_model_dir() / name).read_bytes()).hexdigest() == digest
     with safe_open(str(imported_ckpt), framework="pt") as f:

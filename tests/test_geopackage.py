@@ -20,7 +20,8 @@ SAMPLE = {"str": "café ☕", "float": 0.125, "int": -180, "bool": True, "dateti
 
 def _photo(path: str, **values) -> dict:
     row = {name: SAMPLE[kind] for name, kind in PHOTO_FIELDS.items()}
-    row.update(path=path, sha256="a" * 64, model_sha256="m" * 64, geometry=shapely.Point(2.35, 48.85), **values)
+    row.update(path=path, sha256="a" * 64, model_sha256="m" * 64, geometry=shapely.Point(2.35, 48.85),
+               given_time_local=None, **values)
     return row
 
 

@@ -65,7 +65,7 @@ def test_same_seed_gives_the_same_random_backbone():
 
 
 def test_checkpoint_round_trip_gives_identical_embeddings(tiny_model, tmp_path):
-    tiny_model.heads_trained = {"location": True, "time": False}
+    tiny_model.heads_trained = {**tiny_model.heads_trained, "location": True, "time": False, "ig2t": True}
     tiny_model.gallery_latlon_deg = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).numpy()
     path = save_checkpoint(tmp_path / "m.safetensors", tiny_model, {"note": "test"})
     loaded = load_checkpoint(path)
@@ -75,7 +75,7 @@ def test_checkpoint_round_trip_gives_identical_embeddings(tiny_model, tmp_path):
         assert torch.equal(tiny_model.embed_images(pixels), loaded.embed_images(pixels))
         assert torch.equal(tiny_model.embed_locations(places), loaded.embed_locations(places))
         assert torch.equal(tiny_model.embed_times(times), loaded.embed_times(times))
-    assert loaded.heads_trained == {"location": True, "time": False}
+    assert loaded.heads_trained == tiny_model.heads_trained
     assert loaded.gallery_latlon_deg.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     header = read_header(path)
     assert header["model"]["location"]["sigmas"] == [1.0, 16.0, 256.0]
@@ -137,8 +137,8 @@ def _rewrite(path, tensors_edit=None, header_edit=None):
 
 def test_checkpoint_missing_a_tensor_names_it(tiny_model, tmp_path):
     path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
-    _rewrite(path, tensors_edit=lambda t: t.pop("logit_scale_time"))
-    with pytest.raises(CheckpointError, match="logit_scale_time"):
+    _rewrite(path, tensors_edit=lambda t: t.pop("logit_scales.img_time"))
+    with pytest.raises(CheckpointError, match="logit_scales.img_time"):
         load_checkpoint(path)
 
 

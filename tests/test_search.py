@@ -185,6 +185,41 @@ def test_photo_query_with_a_photo_outside_the_collection_embeds_it(collection, s
     assert inside["results"][0]["score"] < output["results"][0]["score"] <= 1.0 + 1e-5
 
 
+@pytest.mark.parametrize("name", ["p1_1.jpg", "p1_5.jpg"])  # with an EXIF place; without (predicted point)
+def test_photo_and_window_query_is_the_photos_place_at_that_time(collection, searcher, name):
+    """--like + --month/--hour: place + time (gt2i) at the query photo's point in the collection, itself left out."""
+    gpkg, truth = collection
+    col = searcher.collection
+    photo = gpkg.parent / "photos" / name
+    row = col.row_of(file_sha256(photo))
+    place = col.point_latlon_deg("point")[row]
+    if truth[name]["claims"]:
+        assert np.allclose(place, [truth[name]["lat_deg"], truth[name]["lon_deg"]], atol=1e-5)
+    window = TimeWindow.parse("6-8", "12-14")
+    output = searcher.search(SearchQuery(like_photo=str(photo), window=window, top_k=len(truth)))
+    assert output["query"]["kind"] == "photo+time"
+    assert name not in _names(output) and len(output["results"]) == len(truth) - 1
+    assert any("same place as the query photo" in note for note in output["notes"])
+    same = searcher.search(SearchQuery(near_latlon_deg=(float(place[0]), float(place[1])), window=window,
+                                       top_k=len(truth)))
+    expected = [r["sha256"] for r in same["results"] if r["sha256"] != col.sha256[row]]
+    assert [r["sha256"] for r in output["results"]] == expected
+    assert [r["dist_km"] for r in output["results"]] == [r["dist_km"] for r in same["results"]
+                                                          if r["sha256"] != col.sha256[row]]
+
+
+def test_photo_and_window_query_outside_the_collection_uses_its_exif_place(collection, searcher, tmp_path):
+    gpkg, truth = collection
+    image = Image.open(gpkg.parent / "photos" / "p2_1.jpg").convert("RGB")
+    outside = tmp_path / "elsewhere.jpg"
+    write_jpeg_with_exif(image, outside, lat_deg=35.7, lon_deg=139.7, local_datetime=dt.datetime(2021, 1, 1, 12))
+    output = searcher.search(SearchQuery(like_photo=str(outside), window=TimeWindow.parse("1", None), top_k=5))
+    assert any("EXIF place (35.7000, 139.7000)" in note for note in output["notes"])
+    same = searcher.search(SearchQuery(near_latlon_deg=(35.7, 139.7), window=TimeWindow.parse("1", None), top_k=5))
+    assert _names(output) == _names(same)  # Tokyo in January, whatever the query's pixels show
+    assert output["results"][0]["dist_km"] == same["results"][0]["dist_km"]
+
+
 def test_time_query_ranks_photos_taken_near_that_time_higher(collection, searcher):
     _, truth = collection
     rank_error = []

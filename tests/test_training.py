@@ -52,7 +52,7 @@ def test_trained_model_beats_chance_on_place_and_time(trained):
 def test_run_folder_holds_checkpoint_state_and_history(trained):
     out, history = trained
     model = load_checkpoint(out / MODEL_FILE)
-    assert model.heads_trained == {"location": True, "time": True}
+    assert model.heads_trained == {"location": True, "time": True, "gps_time": False, "ig2t": False, "it2g": False, "gt2i": False}
     assert model.gallery_latlon_deg.shape[1] == 2 and len(model.gallery_latlon_deg) == 432
     lines = (out / "history.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, 51))
@@ -111,7 +111,7 @@ def test_untimed_photos_train_location_only(toy_manifest, cache_dir, tmp_path):
     m2 = _manifest_with(tmp_path, toy_manifest, lambda i, p, la, lo, ts: (p, la, lo, ""))
     trainer = Trainer(toy_config(tmp_path / "r2", m2, cache_dir, epochs=1))
     trainer.run()
-    assert trainer.model.heads_trained == {"location": True, "time": False}
+    assert trainer.model.heads_trained == {"location": True, "time": False, "gps_time": False, "ig2t": False, "it2g": False, "gt2i": False}
 
 
 def test_unreadable_photos_are_skipped_not_fatal(toy_manifest, cache_dir, tmp_path, caplog):

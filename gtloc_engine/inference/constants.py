@@ -36,7 +36,8 @@ from gtloc_engine.model.gtloc import GTLoc
 
 log = logging.getLogger(__name__)
 
-FORMAT_TAG = "gtloc-constants-v1"  # bump when the meaning of a cached embedding changes (e.g. normalisation)
+# Bump when the meaning of a cached embedding changes (v2: time angles computed in the authors' float order).
+FORMAT_TAG = "gtloc-constants-v2"
 ENCODE_CHUNK = 8192  # points per encoder call: bounds activation memory (~32 MB per 1024-wide layer)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
@@ -81,10 +82,11 @@ def _points_sha256(points: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _checked_points(points: np.ndarray, what: str) -> np.ndarray:
+def _checked_points(points: np.ndarray, what: str, width: int = 2) -> np.ndarray:
     points = np.asarray(points, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != 2 or not np.all(np.isfinite(points)):
-        raise GtlocError(f"{what}: expected a finite (N, 2) array, got shape {points.shape}; pass (N, 2) numbers")
+    if points.ndim != 2 or points.shape[1] != width or not np.all(np.isfinite(points)):
+        raise GtlocError(f"{what}: expected a finite (N, {width}) array, got shape {points.shape}; "
+                         f"pass (N, {width}) numbers")
     return points
 
 
@@ -136,3 +138,11 @@ def cached_time_embeddings(model: GTLoc, torus: np.ndarray, *, name: str,
     """(N, D) float32 L2-normalised time embeddings of (N, 2) torus points (theta_year, phi_day)."""
     points = _checked_points(torus, f"time points {name!r}")
     return _cached(model, points, name, cache_dir, model.embed_times)
+
+
+def cached_time_field_embeddings(model: GTLoc, fields: np.ndarray, *, name: str,
+                                 cache_dir: str | Path | None = None) -> np.ndarray:
+    """(N, D) float32 L2-normalised time embeddings of (N, 5) local (month, day, hour, minute, second) rows, the
+    authors' time-gallery format (GTLoc.embed_time_fields)."""
+    points = _checked_points(fields, f"time gallery {name!r}", width=5)
+    return _cached(model, points, name, cache_dir, model.embed_time_fields)

@@ -4,6 +4,10 @@ For each photo: sha256, EXIF claims, image embedding (decoded on worker threads,
 location posterior (top-k candidates, global surface, credible regions, optional GeoTIFFs), time posterior
 (conditioned on the claimed place when there is one), claim check and verdict; one row per photo path.
 
+Where given when: with `given_time` (a known local capture time, e.g. when the photo was posted), every photo's
+location surface is that of the it2g head, the fused image + time query normalize(image + time_emb(t)) against
+places, instead of the image alone (img_gps); `place_given` and `given_time_local` say so in each row.
+
 Resume: a path whose bytes (sha256) already have results from this checkpoint (model_sha256 = the checkpoint
 file's sha256) is skipped; a duplicate file (same bytes, another path) copies the finished results instead of
 recomputing; a path whose bytes or model changed is recomputed and its old rows are replaced; failures are
@@ -40,14 +44,14 @@ from shapely.geometry import Point
 
 from gtloc_engine.errors import BadPhotoError, GtlocError
 from gtloc_engine.inference.claims import TIME_GIVEN_IMAGE, TIME_GIVEN_PLACE, VerdictThresholds, verify_claims
-from gtloc_engine.inference.predictor import HOUR_BINS, MONTH_BINS, Predictor, TimeEstimate
+from gtloc_engine.inference.predictor import HOUR_BINS, IT2G_UNTRAINED_NOTE, MONTH_BINS, Predictor, TimeEstimate
 from gtloc_engine.inference.regions import RegionConfig, credible_regions
 from gtloc_engine.io.batches import iter_pixel_batches
 from gtloc_engine.io.exif import ExifClaims, read_exif_claims
 from gtloc_engine.io.geopackage import PHOTO_FIELDS, ResultsStore
 from gtloc_engine.io.photos import check_photo_file, file_sha256, iter_photo_paths
 from gtloc_engine.model.checkpoint import load_checkpoint
-from gtloc_engine.timecode import DAYS_PER_MONTH
+from gtloc_engine.timecode import DAYS_PER_MONTH, TimeLike, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,8 @@ class PhotoPipeline:
     """Loads a checkpoint once and turns photo folders into results GeoPackages; reusable across runs."""
 
     def __init__(self, model_path: str | os.PathLike, *, top_k: int = 5, cache_dir: str | os.PathLike | None = None,
-                 config: PipelineConfig = PipelineConfig()):
+                 config: PipelineConfig = PipelineConfig(), time_gallery_fields: np.ndarray | None = None):
+        """`time_gallery_fields`: (T, 5) local times to score instead of the uniform month x hour grid (Predictor)."""
         if top_k < 1:
             raise GtlocError(f"top_k must be at least 1, got {top_k}")
         self.model_path = Path(model_path)
@@ -115,8 +120,10 @@ class PhotoPipeline:
                              "time head; train one first")
         # Only the time grid: places come from surfaces, so an empty gallery spares encoding (or loading) the
         # model's own (100K places for imported GeoCLIP, ~45 s the first time, 200 MB in memory).
-        self.predictor = Predictor(self.model, gallery_latlon_deg=np.empty((0, 2)), cache_dir=cache_dir)
+        self.predictor = Predictor(self.model, gallery_latlon_deg=np.empty((0, 2)), cache_dir=cache_dir,
+                                   time_gallery_fields=time_gallery_fields)
         self._surface_maker = None
+        self._given: tuple[str, torch.Tensor] | None = None  # the known time of the current run (where given when)
 
     @property
     def surface_maker(self):
@@ -131,8 +138,12 @@ class PhotoPipeline:
     def run(self, photos: Sequence[str | os.PathLike], out_gpkg: str | os.PathLike, *,
             rasters_dir: str | os.PathLike | None = None, batch_size: int = 16, workers: int = 2,
             progress: Callable[[int, int], None] | None = None,
-            cancel: threading.Event | None = None) -> PredictSummary:
-        """Predict every photo (files or folders) into `out_gpkg`, resuming what it already holds."""
+            cancel: threading.Event | None = None, given_time: TimeLike | None = None) -> PredictSummary:
+        """Predict every photo (files or folders) into `out_gpkg`, resuming what it already holds.
+
+        `given_time`: a known local capture time (ISO 8601, EXIF or LocalTime) shared by the photos: their places
+        are predicted given it (where given when). Results made without it, or with another, are recomputed."""
+        self._given = self._given_time_query(given_time)
         rasters = Path(rasters_dir) if rasters_dir is not None else None
         # Our own GeoTIFFs are .tif files too: a rasters folder inside the photo folder must not feed itself.
         paths = [p for p in iter_photo_paths(photos) if rasters is None or not _is_inside(p, rasters)]
@@ -145,14 +156,16 @@ class PhotoPipeline:
 
         todo: dict[str, list[_Photo]] = {}  # sha256 -> every path with these bytes, in input order
         # sha256 -> a path already holding results for those bytes from this model (one dict: no scan per photo)
-        finished = {row["sha256"]: key for key, row in store.photos.items() if row["model_sha256"] == self.model_sha256}
+        given_iso = self._given[0] if self._given else None
+        finished = {row["sha256"]: key for key, row in store.photos.items()
+                    if row["model_sha256"] == self.model_sha256 and row.get("given_time_local") == given_iso}
         for photo, error in self._hash_all(paths, workers):
             if error is not None:
                 self._fail(store, summary, [photo], error)
-            elif store.done(photo.key, photo.sha256, self.model_sha256):
+            elif store.done(photo.key, photo.sha256, self.model_sha256, given_iso):
                 summary.n_skipped += 1
             elif (source := finished.get(photo.sha256)) is not None and store.done(source, photo.sha256,
-                                                                                    self.model_sha256):
+                                                                                    self.model_sha256, given_iso):
                 store.copy_results(source, photo.key, photo.path.name)
                 summary.n_done += 1
             else:
@@ -189,6 +202,12 @@ class PhotoPipeline:
         return summary
 
     # ------------------------------------------------------------------------------------------ steps
+
+    def _given_time_query(self, given_time: TimeLike | None) -> tuple[str, torch.Tensor] | None:
+        """(local ISO string, unit time embedding) of a known capture time, or None; refused without the heads."""
+        if given_time is None:
+            return None
+        return parse_time(given_time).isoformat(), self.predictor.given_time_embedding(given_time)
 
     def _hash_all(self, paths: list[Path], workers: int):
         """(photo, None) or (photo, one-line reason), in input order; hashing is I/O, so it runs on threads."""
@@ -230,7 +249,16 @@ class PhotoPipeline:
         if self.heads.get("location"):
             from gtloc_engine.inference.surfaces import credible_level, find_candidates
 
-            surface = self.surface_maker.global_surface(image_emb)
+            place_query, head = image_emb, "img_gps"
+            row["place_given"] = "image"
+            if self._given is not None:  # where given when: the fused image + time query (it2g)
+                row.update(place_given="image+time", given_time_local=self._given[0])
+                if not self.heads.get("it2g"):
+                    notes.append(IT2G_UNTRAINED_NOTE)
+                with torch.inference_mode():
+                    place_query = self.model.fuse(torch.as_tensor(image_emb), self._given[1]).numpy()
+                head = "it2g"
+            surface = self.surface_maker.global_surface(place_query, head)
             # Candidates are the surface's modes, far enough apart to be different places on the map; each one's
             # probability is the posterior mass within radius_km of it.
             for mode in find_candidates(surface, self.top_k, radius_km=self.surface_maker.config.candidate_radius_km):
@@ -246,7 +274,7 @@ class PhotoPipeline:
             if claims.has_place:
                 place_level = credible_level(surface, claims.lat_deg, claims.lon_deg)
             if rasters_dir is not None:
-                self._write_rasters(row, summary, surface, image_emb, first, rasters_dir)
+                self._write_rasters(row, summary, surface, place_query, head, first, rasters_dir)
         else:
             notes.append("location head not trained: no place prediction")
 
@@ -284,8 +312,8 @@ class PhotoPipeline:
                               [{**c, **keyed} for c in candidates], [{**r, **keyed} for r in regions])
             summary.n_done += 1
 
-    def _write_rasters(self, row: dict, summary: PredictSummary, surface, image_emb: np.ndarray, photo: _Photo,
-                       rasters_dir: Path) -> None:
+    def _write_rasters(self, row: dict, summary: PredictSummary, surface, place_query: np.ndarray, head: str,
+                       photo: _Photo, rasters_dir: Path) -> None:
         from gtloc_engine.io.rasters import write_surface_geotiff
 
         stem = f"{_SAFE_NAME_RE.sub('_', photo.path.stem)[:40]}_{photo.sha256[:12]}_{self.model_sha256[:8]}"
@@ -294,8 +322,8 @@ class PhotoPipeline:
         regional_paths = [
             write_surface_geotiff(rasters_dir / f"{stem}_regional_{k}.tif", regional, tags=tags)
             for k, regional in enumerate(self.surface_maker.regional_surfaces(
-                image_emb, surface, n_modes=self.config.regional_modes, cell_km=self.config.regional_cell_km),
-                start=1)
+                place_query, surface, n_modes=self.config.regional_modes, cell_km=self.config.regional_cell_km,
+                head=head), start=1)
         ]
         row["raster_global"] = str(global_path)
         row["raster_regional"] = json.dumps([str(p) for p in regional_paths]) if regional_paths else None

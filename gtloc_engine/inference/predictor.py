@@ -16,11 +16,16 @@ import torch
 
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.geo import fibonacci_sphere_latlon
-from gtloc_engine.inference.constants import ENCODE_CHUNK, cached_location_embeddings, cached_time_embeddings
+from gtloc_engine.inference.constants import (
+    ENCODE_CHUNK, cached_location_embeddings, cached_time_embeddings, cached_time_field_embeddings,
+)
 from gtloc_engine.io.batches import iter_pixel_batches
 from gtloc_engine.model.gtloc import GTLoc
-from gtloc_engine.timecode import circular_mean_spread, from_torus
+from gtloc_engine.timecode import DAYS_PER_MONTH, check_time_fields, circular_mean_spread, from_torus, time_fields
 
+# A fused query the model was never trained on is still the paper's fusion, but how well it ranks is unmeasured.
+IT2G_UNTRAINED_NOTE = ("place given the known time from a model whose image + time query (it2g) was never trained "
+                       "(composed losses off): a heuristic fusion, weaker evidence than a trained it2g head")
 DEFAULT_GENERIC_GALLERY = 20_000  # evenly spread places when the model ships no gallery of its own
 MONTH_BINS = 48  # ~1 week per bin
 HOUR_BINS = 48  # 30 min per bin
@@ -71,9 +76,16 @@ def embed_photos(model: GTLoc, paths: Sequence[str | Path], *, batch_size: int =
 
 
 class Predictor:
-    """Location and time posteriors for images, from a GTLoc model and its galleries."""
+    """Location and time posteriors for images, from a GTLoc model and its galleries.
+
+    Times are scored on a uniform month x hour grid (MONTH_BINS x HOUR_BINS cell centres) by default. With
+    `time_gallery_fields` ((T, 5) local month, day, hour, minute, second rows, e.g. the authors' cvt.npy, which
+    samples their training times: hours 4-22 only) the posterior is over those times, summed into the same grid
+    cells, so it carries the gallery's prior (a gallery without night times never predicts night).
+    """
 
     def __init__(self, model: GTLoc, *, gallery_latlon_deg: np.ndarray | None = None,
+                 time_gallery_fields: np.ndarray | None = None,
                  cache_dir: str | Path | None = None, cache: bool = True):
         """`cache=False` computes the constants in memory only: for a model that is still training (its key changes
         every step, so disk entries would never be read again)."""
@@ -84,13 +96,26 @@ class Predictor:
             gallery_latlon_deg = fibonacci_sphere_latlon(DEFAULT_GENERIC_GALLERY)
         self.gallery_latlon_deg = np.asarray(gallery_latlon_deg, dtype=np.float64)
         self.time_grid = time_grid_torus()
+        self.time_gallery_fields = None
+        self._gallery_bins = None
+        if time_gallery_fields is not None:
+            fields = check_time_fields(time_gallery_fields, "time gallery")
+            self.time_gallery_fields = fields
+            month_pos = (fields[:, 0] - 1) + (fields[:, 1] - 1) / DAYS_PER_MONTH
+            hour = fields[:, 2] + fields[:, 3] / 60 + fields[:, 4] / 3600
+            m_bin = np.clip((month_pos / 12 * MONTH_BINS).astype(int), 0, MONTH_BINS - 1)
+            h_bin = np.clip((hour / 24 * HOUR_BINS).astype(int), 0, HOUR_BINS - 1)
+            self._gallery_bins = m_bin * HOUR_BINS + h_bin
         if cache:
             # Disk cache keyed by the encoders' hash: a 100K gallery costs 15-45 s on 2 cores, once per model.
             # Copied out of the memory map: torch needs writable memory, and 100K x 512 floats is 200 MB.
             self.gallery_emb = torch.from_numpy(np.array(cached_location_embeddings(
                 model, self.gallery_latlon_deg, name="gallery", cache_dir=cache_dir)))
-            self.time_emb = torch.from_numpy(np.array(cached_time_embeddings(
-                model, self.time_grid, name="time-grid", cache_dir=cache_dir)))
+            self.time_emb = torch.from_numpy(np.array(
+                cached_time_embeddings(model, self.time_grid, name="time-grid", cache_dir=cache_dir)
+                if self.time_gallery_fields is None else
+                cached_time_field_embeddings(model, self.time_gallery_fields, name="time-gallery",
+                                             cache_dir=cache_dir)))
         else:
             with torch.inference_mode():
                 self.gallery_emb = torch.cat([
@@ -98,39 +123,62 @@ class Predictor:
                                                           dtype=torch.float32))
                     for i in range(0, len(self.gallery_latlon_deg), ENCODE_CHUNK)
                 ])
-                self.time_emb = model.embed_times(torch.as_tensor(self.time_grid, dtype=torch.float32))
+                self.time_emb = (
+                    model.embed_times(torch.as_tensor(self.time_grid, dtype=torch.float32))
+                    if self.time_gallery_fields is None else
+                    model.embed_time_fields(torch.as_tensor(self.time_gallery_fields, dtype=torch.float32)))
 
     def embed_photos(self, paths: Sequence[str | Path], *, batch_size: int = 32, workers: int = 2
                      ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
         return embed_photos(self.model, paths, batch_size=batch_size, workers=workers)
 
     @torch.inference_mode()
-    def location_posterior(self, image_emb: np.ndarray) -> np.ndarray:
-        """(N, G) probabilities over the GPS gallery."""
-        scale = self.model.logit_scale_loc.exp().clamp(max=100.0)
-        logits = scale * torch.as_tensor(image_emb, dtype=torch.float32) @ self.gallery_emb.T
+    def location_posterior(self, image_emb: np.ndarray, given_time_emb: torch.Tensor | None = None) -> np.ndarray:
+        """(N, G) probabilities over the GPS gallery: from the image (img_gps), or, given a known time's unit
+        embedding, from the fused image + time query (it2g: where given when)."""
+        query = torch.as_tensor(image_emb, dtype=torch.float32)
+        if given_time_emb is None:
+            logits = self.model.logit_scale("img_gps") * query @ self.gallery_emb.T
+        else:
+            logits = self.model.logit_scale("it2g") * self.model.fuse(query, given_time_emb) @ self.gallery_emb.T
         return torch.softmax(logits, dim=1).numpy()
 
     @torch.inference_mode()
     def time_posterior(self, image_emb: np.ndarray) -> np.ndarray:
         """(N, MONTH_BINS, HOUR_BINS) probabilities over the month x hour grid."""
-        scale = self.model.logit_scale_time.exp().clamp(max=100.0)
-        logits = scale * torch.as_tensor(image_emb, dtype=torch.float32) @ self.time_emb.T
-        return torch.softmax(logits, dim=1).numpy().reshape(len(image_emb), MONTH_BINS, HOUR_BINS)
+        return self._time_grid(self.model.logit_scale("img_time") * torch.as_tensor(image_emb, dtype=torch.float32)
+                               @ self.time_emb.T)
+
+    def _time_grid(self, logits: torch.Tensor) -> np.ndarray:
+        """(N, T) logits over the time grid or gallery -> (N, MONTH_BINS, HOUR_BINS) probabilities."""
+        probs = torch.softmax(logits, dim=1).numpy()
+        if self._gallery_bins is not None:
+            grid = np.zeros((len(probs), MONTH_BINS * HOUR_BINS), dtype=np.float64)
+            for i in range(len(probs)):
+                np.add.at(grid[i], self._gallery_bins, probs[i])
+            probs = grid.astype(np.float32)
+        return probs.reshape(len(logits), MONTH_BINS, HOUR_BINS)
+
+    @torch.inference_mode()
+    def gallery_top1_times(self, image_emb: np.ndarray) -> np.ndarray:
+        """(N, 2) month position and hour of the most similar time-gallery entry: the authors' argmax estimate
+        (cosine similarity, no softmax). Needs a time gallery."""
+        if self.time_gallery_fields is None:
+            raise GtlocError("gallery_top1_times needs a time gallery (time_gallery_fields)")
+        best = (torch.as_tensor(image_emb, dtype=torch.float32) @ self.time_emb.T).argmax(dim=1).numpy()
+        f = self.time_gallery_fields[best]
+        return np.stack(((f[:, 0] - 1) + (f[:, 1] - 1) / DAYS_PER_MONTH, f[:, 2] + f[:, 3] / 60 + f[:, 4] / 3600), 1)
 
     @torch.inference_mode()
     def time_posterior_given_place(self, image_emb: np.ndarray, latlon_deg: np.ndarray) -> np.ndarray:
         """(N, MONTH_BINS, HOUR_BINS) time posterior of each image given its place ((N, 2) lat/lon degrees).
 
-        score(t) = logit_scale_time * cos(image, normalize(loc_emb(place) + time_emb(t))): the place + time
-        fusion GT-Loc uses for geo-temporal retrieval, read the other way round (image + place -> time).
+        The ig2t head: score(t) = logit_scale(ig2t) * cos(normalize(image + loc_emb(place)), time_emb(t)), the
+        fused image + place query against the time grid.
         """
-        scale = self.model.logit_scale_time.exp().clamp(max=100.0)
         place_emb = self.model.embed_locations(torch.as_tensor(np.asarray(latlon_deg), dtype=torch.float32))
-        time_emb = torch.as_tensor(self.time_emb, dtype=torch.float32)
-        fused = self.model.fuse_place_time(place_emb[:, None, :], time_emb[None, :, :])
-        logits = scale * torch.einsum("nd,ntd->nt", torch.as_tensor(image_emb, dtype=torch.float32), fused)
-        return torch.softmax(logits, dim=1).numpy().reshape(len(image_emb), MONTH_BINS, HOUR_BINS)
+        query = self.model.fuse(torch.as_tensor(image_emb, dtype=torch.float32), place_emb)
+        return self._time_grid(self.model.logit_scale("ig2t") * query @ self.time_emb.T)
 
     def estimate_time(self, grid: np.ndarray) -> TimeEstimate:
         """Mode of each marginal as the estimate; circular standard deviation as the spread."""
@@ -151,10 +199,13 @@ class Predictor:
             for j in order
         ]
 
-    def predict_embeddings(self, image_emb: np.ndarray, *, top_k: int = 5) -> list[dict]:
-        """JSON-ready predictions; a head the checkpoint never trained gives a note instead of noise."""
+    def predict_embeddings(self, image_emb: np.ndarray, *, top_k: int = 5, given_time=None) -> list[dict]:
+        """JSON-ready predictions; a head the checkpoint never trained gives a note instead of noise.
+
+        `given_time` (a known local time: ISO string or LocalTime) predicts the places given it (it2g)."""
         trained = self.model.heads_trained
-        loc = self.location_posterior(image_emb) if trained.get("location") else None
+        given_emb = self.given_time_embedding(given_time) if given_time is not None else None
+        loc = self.location_posterior(image_emb, given_emb) if trained.get("location") else None
         tim = self.time_posterior(image_emb) if trained.get("time") else None
         out = []
         for i in range(len(image_emb)):
@@ -162,19 +213,33 @@ class Predictor:
             item["places"] = self.top_places(loc[i], top_k) if loc is not None else None
             item["time"] = self.estimate_time(tim[i]).to_json() if tim is not None else None
             notes = [f"{head} head not trained" for head in ("location", "time") if not trained.get(head)]
+            if given_emb is not None:
+                item["place_given"] = "image+time"
+                if not trained.get("it2g"):
+                    notes.append(IT2G_UNTRAINED_NOTE)
             if notes:
                 item["notes"] = notes
             out.append(item)
         return out
 
+    @torch.inference_mode()
+    def given_time_embedding(self, given_time) -> torch.Tensor:
+        """The unit time embedding of a known local time, through the authors' (month, day, hour, minute, second)
+        input; GtlocError when the model cannot predict a place given a time."""
+        if not self.model.head_ready("it2g"):
+            raise GtlocError("this checkpoint lacks a trained location or time head, so it cannot predict a place "
+                             "given a known capture time (the it2g head): leave the time out, or use a GT-Loc model "
+                             "(e.g. gtloc import-gtloc)")
+        return self.model.embed_time_fields(torch.as_tensor(time_fields([given_time]), dtype=torch.float32))[0]
+
     def predict_photos(self, paths: Sequence[str | Path], *, top_k: int = 5, batch_size: int = 32,
-                       workers: int = 2) -> list[dict]:
+                       workers: int = 2, given_time=None) -> list[dict]:
         """One result per input path, in order: predictions, or {'error': one line} for a photo that failed."""
         if not self.model.heads_trained.get("location") and not self.model.heads_trained.get("time"):
             raise GtlocError("this checkpoint has neither a trained location head nor a trained time head")
         emb, ok, failures = self.embed_photos(paths, batch_size=batch_size, workers=workers)
         results: list[dict] = [{} for _ in paths]
-        for i, pred in zip(ok, self.predict_embeddings(emb, top_k=top_k)):
+        for i, pred in zip(ok, self.predict_embeddings(emb, top_k=top_k, given_time=given_time)):
             results[i] = pred
         for i, reason in failures:
             results[i] = {"error": reason}

@@ -155,13 +155,16 @@ class SearchQuery:
 
     @property
     def kind(self) -> str:
+        if self.like_photo and self.window is not None and self.near_latlon_deg is None and not self.text:
+            return "photo+time"  # the query photo's place at another time (TIGeR's task)
         kinds = [name for name, given in (("photo", self.like_photo), ("text", self.text)) if given]
         if self.near_latlon_deg is not None or self.window is not None:
             kinds.append("place+time" if self.near_latlon_deg is not None and self.window is not None
                          else "place" if self.near_latlon_deg is not None else "time")
         if len(kinds) != 1:
             raise GtlocError("give exactly one query: a place and/or a time window (--near, --month, --hour), "
-                             f"a photo (--like) or a text (--text); got {kinds or 'none'}")
+                             "a photo (--like, optionally with --month/--hour: the same place at another time) or "
+                             f"a text (--text); got {kinds or 'none'}")
         return kinds[0]
 
     def validate(self) -> SearchQuery:
@@ -422,6 +425,7 @@ class CollectionSearch:
         self.collection = load_collection(self.gpkg, self.model_sha256)  # refuses a foreign model before loading
         self.model = (model if model is not None else load_checkpoint(self.model_path)).eval()
         self._ann: AnnIndex | None = None
+        self._place_memo: tuple[SearchQuery, tuple] | None = None
 
     @property
     def sidecar_path(self) -> Path:
@@ -444,10 +448,13 @@ class CollectionSearch:
     def query_vectors(self, query: SearchQuery) -> tuple[np.ndarray, list[str]]:
         """(T, dim) float32 query vectors for the query's kind, and notes about how far to trust them."""
         kind, notes, model = query.kind, [], self.model
-        if kind in ("place", "place+time"):
+        if kind in ("place", "place+time", "photo+time"):
             self._require_head("location", kind)
-        if kind in ("time", "place+time"):
+        if kind in ("time", "place+time", "photo+time"):
             self._require_head("time", kind)
+        near = self.query_place(query)[0]
+        if kind == "photo+time":
+            notes.append(self.query_place(query)[1])
         if kind == "photo":
             vectors = self._photo_vector(query.like_photo)[None]
         elif kind == "text":
@@ -457,14 +464,44 @@ class CollectionSearch:
             if query.window is not None:
                 torus = query.window.torus_grid(self.config.month_step, self.config.hour_step)
                 vectors = model.embed_times(torch.as_tensor(torus, dtype=torch.float32))
-            if query.near_latlon_deg is not None:
-                place = model.embed_locations(torch.tensor([query.near_latlon_deg], dtype=torch.float32))
-                vectors = place if vectors is None else model.fuse_place_time(place, vectors)
+            if near is not None:
+                place = model.embed_locations(torch.tensor([near], dtype=torch.float32))
+                vectors = place if vectors is None else model.fuse(place, vectors)  # the gt2i query
             vectors = vectors.numpy()
         vectors = np.asarray(vectors, dtype=np.float32)
         if self.config.pooling == "mean" and len(vectors) > 1:
             vectors = vectors.mean(axis=0, keepdims=True)  # mean of cosines = cosine with the mean vector
         return vectors, notes
+
+    def query_place(self, query: SearchQuery) -> tuple[tuple[float, float] | None, str | None]:
+        """The place a query searches (--near, or for photo+time the query photo's) and a note on where it came
+        from; computed once per query."""
+        if query.kind != "photo+time":
+            return query.near_latlon_deg, None
+        if self._place_memo is None or self._place_memo[0] is not query:  # query vectors and filters both ask
+            self._place_memo = (query, self._photo_place(query.like_photo))
+        return self._place_memo[1]
+
+    def _photo_place(self, photo: str) -> tuple[tuple[float, float], str]:
+        """The place a photo+time query searches: the photo's point in the collection (its claimed place, else its
+        predicted one), else its EXIF claimed place, else the mode of its location surface."""
+        row = self.collection.row_of(file_sha256(photo))
+        if row is not None:
+            lat, lon = self.collection.point_latlon_deg("point")[row]
+            if np.isfinite(lat) and np.isfinite(lon):
+                return (float(lat), float(lon)), f"same place as the query photo: its point in the collection " \
+                                                 f"({lat:.4f}, {lon:.4f})"
+        from gtloc_engine.io.exif import read_exif_claims
+
+        claims = read_exif_claims(photo)
+        if claims.has_place:
+            return (claims.lat_deg, claims.lon_deg), \
+                f"same place as the query photo: its EXIF place ({claims.lat_deg:.4f}, {claims.lon_deg:.4f})"
+        from gtloc_engine.inference.surfaces import SurfaceMaker, find_candidates
+
+        mode = find_candidates(SurfaceMaker(self.model).global_surface(self._photo_vector(photo)), 1)[0]
+        return (mode.lat_deg, mode.lon_deg), \
+            f"same place as the query photo: its most likely place ({mode.lat_deg:.4f}, {mode.lon_deg:.4f})"
 
     def _require_head(self, head: str, kind: str) -> None:
         if not self.model.heads_trained.get(head):
@@ -484,6 +521,9 @@ class CollectionSearch:
 
     def _text_vector(self, text: str) -> tuple[np.ndarray, list[str]]:
         backbone = self.model.backbone
+        if not backbone.cfg.text_tower:
+            raise GtlocError(f"checkpoint {self.model_path}'s backbone came without its text tower (a vision-only "
+                             "import), so it cannot embed a text; search by place, time or photo instead")
         try:
             logging.disable(logging.INFO)  # open_clip logs each tokenizer lookup at INFO through the root logger
             try:
@@ -514,15 +554,16 @@ class CollectionSearch:
         keep = np.ones(len(col), dtype=bool)
         points = col.point_latlon_deg(self.config.point_source)
         dist_km = None
-        if query.near_latlon_deg is not None:
-            dist_km = haversine_km(np.array(query.near_latlon_deg), points)  # NaN where the photo has no place
+        near = self.query_place(query)[0]
+        if near is not None:
+            dist_km = haversine_km(np.array(near), points)  # NaN where the photo has no place
         if query.radius_km is not None:
             keep &= np.nan_to_num(dist_km, nan=np.inf) <= query.radius_km
         if query.within is not None:
             keep &= inside_polygons(query.within, points, layer=query.within_layer)
         if query.claimed_after is not None or query.claimed_before is not None:
             keep &= _claimed_in_range(col.claimed_time_local, query.claimed_after, query.claimed_before)
-        if query.kind == "photo" and self.config.exclude_query_photo:
+        if query.kind in ("photo", "photo+time") and self.config.exclude_query_photo:
             row = col.row_of(file_sha256(query.like_photo))
             if row is not None:
                 keep[row] = False

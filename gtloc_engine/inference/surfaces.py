@@ -1,6 +1,6 @@
 """Likelihood surfaces: the location posterior of one photo as probability mass per lat/lon cell.
 
-Normalisation. The model scores a place x as s(x) = logit_scale_loc * cos(image_emb, location_emb(x)). exp(s) is
+Normalisation. The model scores a place x as s(x) = logit_scale(img_gps) * cos(image_emb, location_emb(x)). exp(s) is
 read as a density per unit area, so a cell's mass is exp(s(cell centre)) x (the cell's area on the sphere),
 normalised so that the cells of the whole globe sum to 1. Cells are regular in degrees (EPSG:4326), so they
 shrink towards the poles: area = R^2 * dlon * (sin(lat_north) - sin(lat_south)). `log_norm` is the log of that
@@ -50,7 +50,7 @@ from gtloc_engine.model.gtloc import GTLoc
 
 KM_PER_DEG_LAT = math.pi * EARTH_RADIUS_KM / 180.0  # 111.19 km on the mean sphere
 SURFACE_KINDS = ("global", "regional")
-MAX_LOGIT_SCALE = 100.0  # as Predictor: the scale is clamped the same way in training
+PLACE_HEADS = ("img_gps", "it2g")  # the heads whose keys are places: a surface can be drawn for either
 
 
 @dataclass
@@ -265,7 +265,8 @@ class SurfaceMaker:
         self.coarse_res_deg = coarse_res_deg
         self.factor = fine_rows // coarse_rows
         self.model_key = model_key(model)
-        self.logit_scale = float(model.logit_scale_loc.detach().exp().clamp(max=MAX_LOGIT_SCALE))
+        # Per head: img_gps scores an image against places; it2g a fused image + time query (where given when).
+        self.scales = {head: float(model.logit_scale(head).detach()) for head in PLACE_HEADS}
         self.coarse_shape = (coarse_rows, 2 * coarse_rows)
         self.coarse_emb = cached_location_embeddings(model, global_centres_latlon(coarse_res_deg),
                                                      name=f"grid-{coarse_res_deg:g}deg", cache_dir=cache_dir)
@@ -282,38 +283,39 @@ class SurfaceMaker:
         return q / max(float(np.linalg.norm(q)), 1e-12)
 
     @torch.inference_mode()
-    def scores_at(self, image_emb: np.ndarray, latlon_deg: np.ndarray) -> np.ndarray:
+    def scores_at(self, image_emb: np.ndarray, latlon_deg: np.ndarray, head: str = "img_gps") -> np.ndarray:
         """(N,) exact scores (logit scale x cosine) at places, running the location encoder (longitudes wrapped)."""
         q = torch.from_numpy(self._query(image_emb))
         pts = np.asarray(latlon_deg, dtype=np.float64).reshape(-1, 2).copy()
         pts[:, 1] = wrap_lon_deg(pts[:, 1])
         out = [self.model.embed_locations(torch.as_tensor(pts[i:i + 8192], dtype=torch.float32)) @ q
                for i in range(0, len(pts), 8192)]
-        return (self.logit_scale * torch.cat(out)).numpy() if out else np.zeros(0, np.float32)
+        return (self.scales[head] * torch.cat(out)).numpy() if out else np.zeros(0, np.float32)
 
-    def global_surface(self, image_emb: np.ndarray) -> Surface:
-        """The whole globe at global_res_deg; masses sum to 1."""
-        return self.global_surfaces(np.asarray(image_emb).reshape(1, -1))[0]
+    def global_surface(self, image_emb: np.ndarray, head: str = "img_gps") -> Surface:
+        """The whole globe at global_res_deg; masses sum to 1. `image_emb` is the query of `head`: an image
+        embedding (img_gps) or a fused image + time embedding (it2g, GTLoc.fuse)."""
+        return self.global_surfaces(np.asarray(image_emb).reshape(1, -1), head)[0]
 
-    def global_surfaces(self, image_embs: np.ndarray) -> list[Surface]:
-        """global_surface for (N, D) embeddings: one pass over the cached grid for the whole batch."""
+    def global_surfaces(self, image_embs: np.ndarray, head: str = "img_gps") -> list[Surface]:
+        """global_surface for (N, D) queries: one pass over the cached grid for the whole batch."""
         qs = np.stack([self._query(e) for e in np.asarray(image_embs)]) if len(image_embs) else None
         if qs is None:
             return []
-        coarse = self.logit_scale * (np.asarray(self.coarse_emb) @ qs.T)  # (cells, N): the grid is read once
-        return [self._global_from_coarse(q, coarse[:, i].reshape(self.coarse_shape)) for i, q in enumerate(qs)]
+        coarse = self.scales[head] * (np.asarray(self.coarse_emb) @ qs.T)  # (cells, N): the grid is read once
+        return [self._global_from_coarse(q, coarse[:, i].reshape(self.coarse_shape), head) for i, q in enumerate(qs)]
 
-    def _global_from_coarse(self, q: np.ndarray, coarse: np.ndarray) -> Surface:
+    def _global_from_coarse(self, q: np.ndarray, coarse: np.ndarray, head: str) -> Surface:
         scores = upsample_scores(coarse, self.factor)
         f = self.factor
         if f > 1 and self.config.refine_points >= f * f:
-            scores = self._refine(q, scores)
+            scores = self._refine(q, scores, head)
         log_mass = torch.from_numpy(scores.astype(np.float64) + self.fine_row_log_area[:, None])
         log_norm = float(torch.logsumexp(log_mass.ravel(), dim=0))
         mass = torch.exp(log_mass - log_norm).numpy().astype(np.float32)
         return Surface(mass, -180.0, 90.0, self.global_res_deg, "global", self.model_key, log_norm)
 
-    def _refine(self, q: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    def _refine(self, q: np.ndarray, scores: np.ndarray, head: str) -> np.ndarray:
         """Exact scores at the fine cells of the densest coarse cells, as many as refine_points allows."""
         f, (hc, wc) = self.factor, self.coarse_shape
         log_mass = torch.from_numpy(scores + self.fine_row_log_area[:, None].astype(np.float32))
@@ -328,18 +330,19 @@ class SurfaceMaker:
         res = self.global_res_deg
         latlon = np.stack((90.0 - (rows + 0.5) * res, -180.0 + (cols + 0.5) * res), axis=-1)
         scores = scores.copy()
-        scores[rows, cols] = self.scores_at(q, latlon)
+        scores[rows, cols] = self.scores_at(q, latlon, head)
         return scores
 
     def regional_surfaces(self, image_emb: np.ndarray, global_surface: Surface, *, n_modes: int = 3,
-                          cell_km: float = 1.0) -> list[Surface]:
+                          cell_km: float = 1.0, head: str = "img_gps") -> list[Surface]:
         """One ~cell_km raster around each of the top n_modes modes of the global surface (see module docstring)."""
         if global_surface.kind != "global" or not math.isfinite(global_surface.log_norm):
             raise GtlocError("regional surfaces need the global surface of the same photo (with its log_norm)")
         if cell_km <= 0:
             raise GtlocError(f"regional cell size {cell_km} km must be positive")
         modes = find_candidates(global_surface, n_modes, radius_km=self.config.candidate_radius_km)
-        return [self._regional(image_emb, m.lat_deg, m.lon_deg, cell_km, global_surface.log_norm) for m in modes]
+        return [self._regional(image_emb, m.lat_deg, m.lon_deg, cell_km, global_surface.log_norm, head)
+                for m in modes]
 
     def regional_steps_km(self, lat_deg: float, lon_deg: float) -> tuple[float, float]:
         """Regional lattice spacing (north-south, east-west) in km at a place."""
@@ -350,7 +353,7 @@ class SurfaceMaker:
         return step / per_km_north, step / per_km_east
 
     def _regional(self, image_emb: np.ndarray, lat_deg: float, lon_deg: float, cell_km: float,
-                  log_norm: float) -> Surface:
+                  log_norm: float, head: str) -> Surface:
         res = cell_km / KM_PER_DEG_LAT
         half = max(1, round(self.regional_half_km / cell_km))
         n = 2 * half + 1
@@ -373,7 +376,7 @@ class SurfaceMaker:
         s_lat = np.linspace(lat_c[0], lat_c[-1], m_rows)
         s_lon = np.linspace(lon_c[0], lon_c[-1], m_cols)
         la, lo = np.meshgrid(s_lat, s_lon, indexing="ij")
-        lattice = self.scores_at(image_emb, np.stack((la.ravel(), lo.ravel()), axis=-1)).reshape(m_rows, m_cols)
+        lattice = self.scores_at(image_emb, np.stack((la.ravel(), lo.ravel()), axis=-1), head).reshape(m_rows, m_cols)
         if (m_rows, m_cols) == (n_rows, n_cols):
             scores = lattice
         else:

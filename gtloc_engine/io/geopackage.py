@@ -56,7 +56,7 @@ PHOTO_FIELDS: dict[str, str] = {
     "claimed_lat_deg": "float", "claimed_lon_deg": "float", "claimed_time_local": "str",
     "claimed_utc_offset_min": "int", "pred_lat_deg": "float", "pred_lon_deg": "float", "top1_prob": "float",
     "pred_month": "int", "pred_month_pos": "float", "pred_hour_local": "float", "month_spread": "float",
-    "hour_spread": "float", "time_given": "str", "place_level": "float", "place_dist_km": "float",
+    "hour_spread": "float", "time_given": "str", "place_given": "str", "given_time_local": "str", "place_level": "float", "place_dist_km": "float",
     "place_in_90": "bool", "time_level": "float", "claim_month_err": "float", "claim_hour_err": "float",
     "place_verdict": "str", "time_verdict": "str", "verdict": "str", "map_time": "datetime",
     "map_time_source": "str", "time_posterior": "str", "raster_global": "str", "raster_regional": "str",
@@ -109,10 +109,11 @@ class ResultsStore:
         store.embeddings = _read_embeddings(path)
         return store
 
-    def done(self, photo_path: str, sha256: str, model_sha256: str) -> bool:
-        """True when this path already has results for these bytes from this model."""
+    def done(self, photo_path: str, sha256: str, model_sha256: str, given_time_local: str | None = None) -> bool:
+        """True when this path already has results for these bytes from this model, given the same known time."""
         row = self.photos.get(photo_path)
-        return row is not None and row["sha256"] == sha256 and row["model_sha256"] == model_sha256
+        return (row is not None and row["sha256"] == sha256 and row["model_sha256"] == model_sha256
+                and row.get("given_time_local") == given_time_local)
 
     def set_results(self, photo_path: str, photo: dict, candidates: list[dict], regions: list[dict]) -> None:
         self.photos[photo_path] = photo

@@ -16,9 +16,15 @@ offered: torch.ao.quantization is deprecated and only covers the MLP Linear laye
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import json
 import logging
 import os
+import re
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -30,6 +36,9 @@ from gtloc_engine.model.config import BackboneConfig
 _CONFIG_DIR = Path(__file__).with_name("backbone_configs")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _registered = False
+_INLINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_inline_lock = threading.Lock()
+_inline_dir: Path | None = None
 
 
 def _open_clip():
@@ -40,6 +49,39 @@ def _open_clip():
         open_clip.add_model_config(_CONFIG_DIR)
         _registered = True
     return open_clip
+
+
+def _register_inline_config(open_clip, name: str, model_cfg: dict) -> None:
+    """Registers an open_clip model config carried as data (BackboneConfig.open_clip_config) under `name`.
+
+    open_clip's factory only takes configs by name from its registry, and its public way in is
+    `add_model_config(path)` of a JSON file named after the model: so the config is written as `<name>.json` into
+    a folder of this process (removed at exit) and added. Registering the same config again is a no-op; a
+    different config under a name that already exists (an open_clip or gtloc model, or an earlier inline one) is
+    refused rather than silently changing that model for the whole process.
+    """
+    global _inline_dir
+    if not isinstance(name, str) or not _INLINE_NAME.fullmatch(name):
+        raise GtlocError(f"backbone name {name!r} of an inline open_clip config must be letters, digits, . _ -")
+    if not isinstance(model_cfg, dict) or not all(k in model_cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise GtlocError(f"backbone {name!r}: open_clip_config must be a dict with embed_dim, vision_cfg and text_cfg")
+    try:
+        text = json.dumps(model_cfg, indent=1, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise GtlocError(f"backbone {name!r}: open_clip_config is not plain data ({exc})") from None
+    wanted = json.loads(text)
+    with _inline_lock:
+        if name in open_clip.list_models():
+            if open_clip.get_model_config(name) == wanted:
+                return
+            raise GtlocError(f"backbone {name!r} is already an open_clip model with a different config; "
+                             "give the inline open_clip_config a name of its own")
+        if _inline_dir is None:
+            _inline_dir = Path(tempfile.mkdtemp(prefix="gtloc-open-clip-configs-"))
+            atexit.register(shutil.rmtree, _inline_dir, ignore_errors=True)
+        path = _inline_dir / f"{name}.json"
+        path.write_text(text)
+        open_clip.add_model_config(path)
 
 
 def set_cpu_threads(threads: int | None) -> None:
@@ -62,6 +104,8 @@ class Backbone(nn.Module):
         super().__init__()
         open_clip = _open_clip()
         self.cfg = cfg
+        if cfg.open_clip_config is not None:
+            _register_inline_config(open_clip, cfg.name, cfg.open_clip_config)
         if cfg.name not in open_clip.list_models():
             raise GtlocError(f"backbone {cfg.name!r} is not an open_clip model; see open_clip.list_models()")
         pretrained = cfg.pretrained if load_weights else None
@@ -85,7 +129,7 @@ class Backbone(nn.Module):
             finally:
                 logging.disable(logging.NOTSET)
         self.clip = model
-        self.preprocess = preprocess
+        self.preprocess = self._single_crop = preprocess
         self.feature_dim = int(model.visual.output_dim)
         size = getattr(model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -103,6 +147,27 @@ class Backbone(nn.Module):
             raise GtlocError(f"backbone is already in {self.precision}; load the checkpoint again for {precision}")
         self.clip.visual.to(PRECISIONS[precision])
         self.precision = precision
+        return self
+
+    def set_tencrop(self, tencrop: bool) -> Backbone:
+        """Inference preprocessing as the authors' evaluation: resize the short side to 256/224 of the input size,
+        then ten crops (corners, centre and their mirror images), stacked as (10, 3, H, W) per photo; embed_images
+        averages the crops' cosines. False restores the single centre crop."""
+        if tencrop == (self.preprocess is not self._single_crop):
+            return self
+        if not tencrop:
+            self.preprocess = self._single_crop
+            return self
+        from torchvision import transforms as T
+
+        single = self._single_crop.transforms
+        normalize = next(t for t in single if isinstance(t, T.Normalize))
+        per_crop = T.Compose([T.ToTensor(), normalize])
+        size = self.image_size
+        self.preprocess = T.Compose([
+            T.Resize(round(size * 256 / 224), interpolation=T.InterpolationMode.BICUBIC), T.TenCrop(size),
+            T.Lambda(lambda crops: torch.stack([per_crop(c.convert("RGB")) for c in crops])),
+        ])
         return self
 
     def set_trainable(self, trainable: bool) -> None:
@@ -131,6 +196,8 @@ class Backbone(nn.Module):
         """Identifies the backbone's weights and preprocessing, for the feature cache key."""
         h = hashlib.sha256()
         h.update(f"{self.cfg.name}|{self.preprocess}".encode())
+        if self.cfg.open_clip_config is not None:  # an inline config may differ in settings that carry no weights
+            h.update(json.dumps(self.cfg.open_clip_config, sort_keys=True).encode())
         if self.precision != "fp32":  # reduced-precision features are close to fp32 ones, not equal
             h.update(f"precision:{self.precision}".encode())
         pretrained = self.cfg.pretrained

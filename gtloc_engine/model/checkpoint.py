@@ -21,8 +21,10 @@ from gtloc_engine.model.config import ModelConfig
 from gtloc_engine.model.gtloc import GTLoc
 
 FORMAT = "gtloc-checkpoint"
-FORMAT_VERSION = 1  # bump on any change that an older reader would misread
+FORMAT_VERSION = 2  # bump on any change that an older reader would misread
 GALLERY_KEY = "gallery.latlon_deg"
+# Version 1 had two logit scales; version 2 has the six heads (model/config.py LOGIT_HEADS).
+V1_SCALE_NAMES = {"logit_scale_loc": "logit_scales.img_gps", "logit_scale_time": "logit_scales.img_time"}
 
 
 def model_tensors(model: GTLoc) -> dict[str, torch.Tensor]:
@@ -113,6 +115,8 @@ def load_checkpoint(path: str | Path, *, load_backbone: bool = True) -> GTLoc:
     # A stored backbone is overwritten from the file, so there is nothing to download for it.
     model = GTLoc(cfg, load_backbone_weights=load_backbone and not stored_backbone)
     gallery = tensors.pop(GALLERY_KEY, None)
+    if header["format_version"] == 1:
+        tensors = _upgrade_v1(tensors, model)
     expected = model.state_dict()
     wanted = {k for k in expected if stored_backbone or not k.startswith("backbone.")}
     missing = sorted(wanted - tensors.keys())
@@ -129,7 +133,17 @@ def load_checkpoint(path: str | Path, *, load_backbone: bool = True) -> GTLoc:
                 f"{tuple(expected[key].shape)}"
             )
     model.load_state_dict(tensors, strict=False)
-    model.heads_trained = {k: bool(v) for k, v in header["heads_trained"].items()}
+    model.heads_trained.update({k: bool(v) for k, v in header["heads_trained"].items()})
     model.gallery_latlon_deg = None if gallery is None else gallery.numpy().astype(np.float64)
     model.eval()
     return model
+
+
+def _upgrade_v1(tensors: dict[str, torch.Tensor], model: GTLoc) -> dict[str, torch.Tensor]:
+    """A version-1 checkpoint's two scales under their version-2 names; the four fused heads keep their initial
+    scale and stay marked untrained, so they borrow their fallback's (GTLoc.logit_scale): the old behaviour."""
+    out = {V1_SCALE_NAMES.get(k, k): v for k, v in tensors.items()}
+    for key, value in model.state_dict().items():
+        if key.startswith("logit_scales.") and key not in out:
+            out[key] = value.detach().clone()
+    return out

@@ -10,6 +10,11 @@ from typing import Any
 from gtloc_engine.errors import GtlocError
 
 TIME_INPUTS = ("angles", "circle")
+# The six similarity heads of the authors' model, each a learnable logit scale (temperature) of one query:
+# image-place, image-time, place-time, and the fused queries image+place -> time (ig2t), image+time -> place (it2g)
+# and place+time -> image (gt2i). Order = the authors' parameter order.
+LOGIT_HEADS = ("img_gps", "img_time", "gps_time", "ig2t", "it2g", "gt2i")
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on exp(logit scale)
 FEATURE_NORMS = ("none", "batchnorm")
 
 
@@ -18,11 +23,16 @@ class BackboneConfig:
     """Which open_clip image backbone to use and whether it trains.
 
     `pretrained` is an open_clip tag ('openai', ...), a path to a local weights file, or None for random init.
+    `open_clip_config` is an open_clip model config carried as data (e.g. in a checkpoint, see model/hf_clip.py);
+    when set, `name` is registered with it instead of looked up among open_clip's and gtloc's configs.
     """
 
     name: str = "ViT-L-14"
     pretrained: str | None = "openai"
     trainable: bool = False
+    open_clip_config: dict | None = None
+    # False when the weights came without a text tower (a vision-only import): text queries are refused.
+    text_tower: bool = True
 
 
 @dataclass

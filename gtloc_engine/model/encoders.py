@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from gtloc_engine.errors import GtlocError
 from gtloc_engine.geo import equal_earth
 from gtloc_engine.model.config import RFFConfig
 
@@ -22,6 +23,16 @@ class GaussianFourierFeatures(nn.Module):
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         vp = 2.0 * math.pi * v @ self.b.T
         return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
+
+
+def check_rff_sigmas(b_matrices: list[torch.Tensor], expected: tuple[float, ...], what: str) -> list[float]:
+    """Per branch, the standard deviation of its Fourier matrix B (the sigma it was drawn with); GtlocError when
+    the branches do not have about the expected sigmas (imported weights with other scales need another config)."""
+    estimates = [float(b.float().std()) for b in b_matrices]
+    if len(estimates) != len(expected) or any(not (0.8 * s < e < 1.25 * s) for s, e in zip(expected, estimates)):
+        raise GtlocError(f"{what} has Fourier scales {[round(e, 3) for e in estimates]}, expected about "
+                         f"{list(expected)}; this release is not supported")
+    return estimates
 
 
 class RFFBranch(nn.Module):
@@ -67,8 +78,30 @@ class LocationEncoder(nn.Module):
         return self.rff(equal_earth(latlon_deg))
 
 
+# The authors' unit conversions (src/model/time_encoder.py), as Python floats: the float32 operations below
+# follow theirs one for one, so the same local time gives the same encoder input bits.
+DAY_TO_MONTH = 1 / (365 / 12)
+MINUTE_TO_HOUR = 1 / 60
+SECOND_TO_HOUR = MINUTE_TO_HOUR / 60
+
+
+def month_hour_from_fields(fields: torch.Tensor) -> torch.Tensor:
+    """(N, 5) local (month, day, hour, minute, second) -> (N, 2) (month position in [0, 12), hour in [0, 24))."""
+    month, day, hour, minute, second = torch.chunk(fields.float(), 5, dim=-1)
+    month_d = (month - 1) + (day - 1) * DAY_TO_MONTH
+    hour_d = hour + minute * MINUTE_TO_HOUR + second * SECOND_TO_HOUR
+    return torch.cat((month_d, hour_d), dim=-1)
+
+
+def time_angles(month_hour: torch.Tensor) -> torch.Tensor:
+    """(N, 2) month position and hour -> the authors' angles (2 pi m / 12 - pi, 2 pi h / 24 - pi) in [-pi, pi)."""
+    month_d, hour_d = month_hour[..., :1], month_hour[..., 1:]
+    return torch.cat((2 * math.pi * month_d / 12 - math.pi, 2 * math.pi * hour_d / 24 - math.pi), dim=-1)
+
+
 class TimeEncoder(nn.Module):
-    """(N, 2) torus coordinates (theta_year, phi_day) in [0, 1) -> (N, embed_dim)."""
+    """Times -> (N, embed_dim): from (N, 2) torus coordinates (theta_year, phi_day) in [0, 1), or from (N, 5) local
+    calendar fields (forward_fields, the authors' input). Both go through the same angles."""
 
     def __init__(self, cfg: RFFConfig, embed_dim: int, time_input: str, seed: int = 1):
         super().__init__()
@@ -76,7 +109,13 @@ class TimeEncoder(nn.Module):
         self.rff = RFFEncoder(2 if time_input == "angles" else 4, cfg, embed_dim, seed)
 
     def forward(self, torus: torch.Tensor) -> torch.Tensor:
-        angles = 2.0 * math.pi * torus - math.pi
+        torus = torus.float()
+        return self._encode(time_angles(torch.stack((torus[..., 0] * 12, torus[..., 1] * 24), dim=-1)))
+
+    def forward_fields(self, fields: torch.Tensor) -> torch.Tensor:
+        return self._encode(time_angles(month_hour_from_fields(fields)))
+
+    def _encode(self, angles: torch.Tensor) -> torch.Tensor:
         if self.time_input == "circle":
             angles = torch.cat((torch.cos(angles), torch.sin(angles)), dim=-1)
         return self.rff(angles)

@@ -6,7 +6,7 @@ and the same frozen CLIP ViT-L/14, so the import is a renaming of tensors:
 
 - `LocEnc{i}.capsule.{j}.*` / `LocEnc{i}.head.0.*` -> `location_encoder.rff.branches.{i}.capsule.{j}.*` /
   `...head.0.*` (the random Fourier matrices `b` included; branch i has sigma 2^(4i));
-- `image_encoder.mlp` `{0,2}.*` -> `adapter.mlp.{0,2}.*`; `logit_scale` -> `logit_scale_loc`;
+- `image_encoder.mlp` `{0,2}.*` -> `adapter.mlp.{0,2}.*`; `logit_scale` -> `logit_scales.img_gps`;
 - `gps_gallery/coordinates_100K.csv` (LAT,LON) -> the checkpoint's gallery.
 
 The backbone is referenced as open_clip ('ViT-L-14', 'openai'), the same OpenAI weights as GeoCLIP's
@@ -34,6 +34,7 @@ import torch
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.model.checkpoint import save_checkpoint
 from gtloc_engine.model.config import preset
+from gtloc_engine.model.encoders import check_rff_sigmas
 from gtloc_engine.model.gtloc import GTLoc
 
 LOCATION_WEIGHTS = "weights/location_encoder_weights.pth"
@@ -162,20 +163,17 @@ def geoclip_to_gtloc(release: GeoclipRelease, *, load_backbone_weights: bool = F
     references ('ViT-L-14', 'openai'), so nothing is fetched for an import.
     """
     cfg = preset("gtloc-vitl14")
-    estimates = sigma_estimates(release)
-    if len(estimates) != len(GEOCLIP_SIGMAS) or any(
-            not (0.8 * s < e < 1.25 * s) for s, e in zip(GEOCLIP_SIGMAS, estimates)):
-        # The B matrices carry the sigmas; a release with other scales needs a config that says so.
-        raise GtlocError(f"GeoCLIP location encoder has Fourier scales {estimates}, expected about "
-                         f"{list(GEOCLIP_SIGMAS)}; this release is not supported")
+    n = len({m.group(1) for k in release.location_state if (m := _LOC_KEY.match(k))})
+    check_rff_sigmas([release.location_state[f"LocEnc{i}.capsule.0.b"] for i in range(n)], GEOCLIP_SIGMAS,
+                     "GeoCLIP location encoder")
     cfg.location.sigmas = list(GEOCLIP_SIGMAS)
     cfg.feature_norm = "none"  # GeoCLIP's MLP takes CLIP features as they are
     model = GTLoc(cfg, load_backbone_weights=load_backbone_weights)
     _load_into(model.location_encoder, _location_tensors(release.location_state), "location encoder")
     _load_into(model.adapter.mlp, release.adapter_state, "image adapter")
     with torch.no_grad():
-        model.logit_scale_loc.copy_(release.logit_scale)
-    model.heads_trained = {"location": True, "time": False}
+        model.logit_scales["img_gps"].copy_(release.logit_scale)
+    model.heads_trained = {**model.heads_trained, "location": True}
     model.gallery_latlon_deg = release.gallery_latlon_deg
     return model.eval()
 

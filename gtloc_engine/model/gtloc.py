@@ -1,4 +1,4 @@
-"""GTLoc: three encoders into one L2-normalised embedding space, with learnable logit scales."""
+"""GTLoc: three encoders into one L2-normalised embedding space, with six learnable logit scales (the heads)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from gtloc_engine.model.backbone import Backbone
-from gtloc_engine.model.config import ModelConfig
+from gtloc_engine.model.config import LOGIT_HEADS, MAX_LOGIT_SCALE, ModelConfig
 from gtloc_engine.model.encoders import ImageAdapter, LocationEncoder, TimeEncoder
+
+# A fused head whose own scale was never learned borrows the scale of the alignment it builds on: the behaviour of
+# checkpoints made before the six heads existed, where time given place used the image-time scale.
+HEAD_FALLBACK = {"ig2t": "img_time", "gt2i": "img_time", "it2g": "img_gps", "gps_time": None}
+# The encoder alignments each head needs trained before its answers mean anything.
+HEAD_NEEDS = {"img_gps": ("location",), "img_time": ("time",), "gps_time": ("location", "time"),
+              "ig2t": ("location", "time"), "it2g": ("location", "time"), "gt2i": ("location", "time")}
 
 
 class GTLoc(nn.Module):
     """Image (backbone -> adapter), location and time encoders sharing one space.
 
-    `heads_trained` records which alignments were learned ('location', 'time'), so predictions from an untrained
-    head are refused rather than printed as noise. `gallery_latlon_deg` is the model's own GPS gallery (e.g. its
-    training places), used for location posteriors; None means "use a generic one".
+    `heads_trained` records which alignments were learned: 'location' (image-place, the img_gps head), 'time'
+    (image-time, img_time) and, for the fused heads, whether their own logit scale was trained ('gps_time', 'ig2t',
+    'it2g', 'gt2i'); predictions from an untrained alignment are refused rather than printed as noise.
+    `gallery_latlon_deg` is the model's own GPS gallery (e.g. its training places), used for location posteriors;
+    None means "use a generic one".
     """
 
     def __init__(self, cfg: ModelConfig, *, load_backbone_weights: bool = True, seed: int = 0):
@@ -28,9 +37,9 @@ class GTLoc(nn.Module):
         self.adapter = ImageAdapter(feat, cfg.adapter_hidden_dim or feat, cfg.embed_dim, cfg.feature_norm)
         self.location_encoder = LocationEncoder(cfg.location, cfg.embed_dim, seed=seed)
         self.time_encoder = TimeEncoder(cfg.time, cfg.embed_dim, cfg.time_input, seed=seed + 1)
-        self.logit_scale_loc = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
-        self.logit_scale_time = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
-        self.heads_trained: dict[str, bool] = {"location": False, "time": False}
+        self.logit_scales = nn.ParameterDict(
+            {head: nn.Parameter(torch.tensor(float(cfg.logit_scale_init))) for head in LOGIT_HEADS})
+        self.heads_trained: dict[str, bool] = {"location": False, "time": False, **dict.fromkeys(HEAD_FALLBACK, False)}
         self.gallery_latlon_deg: np.ndarray | None = None
 
     @property
@@ -50,6 +59,13 @@ class GTLoc(nn.Module):
         return F.normalize(self.adapter(features), dim=-1)
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) pixels -> unit embeddings; (N, crops, 3, H, W) (ten-crop) -> the mean of the crops' unit
+        embeddings, not renormalised: its dot product with a unit key is the crops' mean cosine, the authors'
+        ten-crop score."""
+        if pixels.ndim == 5:
+            n, crops = pixels.shape[:2]
+            emb = self.embed_features(self.image_features(pixels.flatten(0, 1)))
+            return emb.reshape(n, crops, -1).mean(dim=1)
         return self.embed_features(self.image_features(pixels))
 
     def embed_locations(self, latlon_deg: torch.Tensor) -> torch.Tensor:
@@ -58,10 +74,31 @@ class GTLoc(nn.Module):
     def embed_times(self, torus: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.time_encoder(torus), dim=-1)
 
+    def embed_time_fields(self, fields: torch.Tensor) -> torch.Tensor:
+        """(N, 5) local (month, day, hour, minute, second) -> unit time embeddings, exactly the authors' input."""
+        return F.normalize(self.time_encoder.forward_fields(fields), dim=-1)
+
     @staticmethod
-    def fuse_place_time(place_emb: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
-        """The paper's place + time query: the sum of the two unit vectors, renormalised (shapes broadcast)."""
-        return F.normalize(place_emb + time_emb, dim=-1)
+    def fuse(a_emb: torch.Tensor, b_emb: torch.Tensor) -> torch.Tensor:
+        """A two-modality query (place + time, image + place, image + time): the sum of the two unit vectors,
+        renormalised (shapes broadcast). The paper's fusion for geo-temporal retrieval, used by every fused head."""
+        return F.normalize(a_emb + b_emb, dim=-1)
+
+    def logit_scale(self, head: str) -> torch.Tensor:
+        """exp(logit scale) of one of the six heads, clamped as in training (one place for the clamp).
+
+        A fused head whose scale was never trained uses its fallback's (HEAD_FALLBACK); gps_time has none.
+        """
+        if head not in self.logit_scales:
+            raise KeyError(f"unknown head {head!r}; heads are {LOGIT_HEADS}")
+        fallback = HEAD_FALLBACK.get(head)
+        if fallback is not None and not self.heads_trained.get(head):
+            head = fallback
+        return self.logit_scales[head].exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def head_ready(self, head: str) -> bool:
+        """Whether the encoder alignments a head's query relies on were trained."""
+        return all(self.heads_trained.get(need) for need in HEAD_NEEDS[head])
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Everything trainable except the backbone (which has its own learning rate when it trains)."""

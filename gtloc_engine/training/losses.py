@@ -1,7 +1,10 @@
-"""GT-Loc's two losses: image-location InfoNCE (GeoCLIP style, with a GPS queue) and Temporal Metric Learning.
+"""GT-Loc's losses: image-location InfoNCE (GeoCLIP style, with a GPS queue) and Temporal Metric Learning, plus
+the composed terms of the fused heads.
 
-Both compare L2-normalised image embeddings with L2-normalised location/time embeddings of [batch ; queue].
-Queues hold raw coordinates, not embeddings, so they are re-encoded by the current encoder at every step.
+Each compares L2-normalised queries with L2-normalised location/time/image embeddings of [batch ; queue]. Queues
+hold raw coordinates, not embeddings, so they are re-encoded by the current encoder at every step. The composed
+terms (not published by the paper; see training/trainer.py) reuse the same two losses with fused queries:
+InfoNCE where the key is a place or an image, TML where it is a time.
 """
 
 from __future__ import annotations
@@ -10,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gtloc_engine.model.config import MAX_LOGIT_SCALE
 from gtloc_engine.timecode import torus_distance
 
 TML_TARGETS = ("softmax", "poster")
-MAX_LOGIT_SCALE = 100.0  # as CLIP: keeps exp(scale) from running away early in training
 
 
 class CoordinateQueue:
@@ -52,11 +55,14 @@ def scaled(logit_scale: torch.Tensor) -> torch.Tensor:
     return logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
 
-def location_infonce(image_emb: torch.Tensor, loc_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each image against [batch places ; queue places]; image i matches place i."""
-    logits = scaled(logit_scale) * image_emb @ loc_emb.T
-    targets = torch.arange(len(image_emb), device=image_emb.device)
+def infonce(query_emb: torch.Tensor, key_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each query against [batch keys ; queue keys]; query i matches key i (image i <-> place i)."""
+    logits = scaled(logit_scale) * query_emb @ key_emb.T
+    targets = torch.arange(len(query_emb), device=query_emb.device)
     return F.cross_entropy(logits, targets)
+
+
+location_infonce = infonce  # the image -> place term: images as queries, [batch ; queue] places as keys
 
 
 def tml_targets(query_torus: torch.Tensor, gallery_torus: torch.Tensor, *, mode: str = "softmax",
@@ -76,8 +82,10 @@ def tml_targets(query_torus: torch.Tensor, gallery_torus: torch.Tensor, *, mode:
     raise ValueError(f"TML target mode {mode!r} must be one of {TML_TARGETS}")
 
 
-def temporal_metric_loss(image_emb: torch.Tensor, time_emb: torch.Tensor, logit_scale: torch.Tensor,
+def temporal_metric_loss(query_emb: torch.Tensor, time_emb: torch.Tensor, logit_scale: torch.Tensor,
                          targets: torch.Tensor) -> torch.Tensor:
-    """mean_i CE(q_i, p_i) with p_i = softmax_j(scale * <image_i, time_j>): same gradients as KL(q || p)."""
-    log_p = torch.log_softmax(scaled(logit_scale) * image_emb @ time_emb.T, dim=1)
+    """mean_i CE(q_i, p_i) with p_i = softmax_j(scale * <query_i, time_j>): same gradients as KL(q || p).
+
+    The query is an image (TML), a fused image + place (ig2t) or a place (gps_time)."""
+    log_p = torch.log_softmax(scaled(logit_scale) * query_emb @ time_emb.T, dim=1)
     return -(targets * log_p).sum(dim=1).mean()

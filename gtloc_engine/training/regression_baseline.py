@@ -50,7 +50,7 @@ class RegressionTrainer(Trainer):
         super().__init__(dataclasses.replace(cfg, resume=False))
         last = self.model.adapter.mlp[-1]
         self.model.adapter.mlp[-1] = nn.Linear(last.in_features, N_OUTPUTS)
-        self.model.heads_trained = {"location": False, "time": False}
+        self.model.heads_trained = dict.fromkeys(self.model.heads_trained, False)
         self.optimizer = self._build_optimizer()
 
     def _outputs(self, features: torch.Tensor) -> torch.Tensor:

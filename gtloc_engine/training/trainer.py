@@ -36,7 +36,7 @@ from gtloc_engine.model.gtloc import GTLoc
 from gtloc_engine.training.data import Record, read_manifest, scan_photo_folder, split_records
 from gtloc_engine.training.feature_cache import FeatureCache
 from gtloc_engine.training.losses import (
-    TML_TARGETS, CoordinateQueue, location_infonce, temporal_metric_loss, tml_targets,
+    TML_TARGETS, CoordinateQueue, infonce, temporal_metric_loss, tml_targets,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,12 @@ class TrainConfig:
     gps_noise_deg: float = 0.01  # GeoCLIP's Gaussian GPS jitter
     tml_target: str = "softmax"
     tau_delta: float = 0.2  # torus-distance temperature of the softmax TML target (0.05 learned no time: bench)
+    # Composed terms of the fused heads (not published; off by default), each over photos with a place and a time:
+    # ig2t: TML of normalize(image + place) against times; it2g: InfoNCE of normalize(image + time) against places;
+    # gt2i: InfoNCE of normalize(place + time) against the batch's images. composed_weight scales all three;
+    # gps_time_weight the place -> time TML term (where photos are taken when).
+    composed_weight: float = 0.0
+    gps_time_weight: float = 0.0
     val_fraction: float = 0.1
     augment: bool = True  # random resized crop + flip when the backbone trains
     cache_dir: str | None = None
@@ -89,6 +95,9 @@ class TrainConfig:
             raise GtlocError(f"schedule {self.schedule!r} must be 'cosine' or 'constant'")
         if self.loc_weight <= 0 and self.time_weight <= 0:
             raise GtlocError("loc_weight and time_weight are both 0: nothing to train")
+        if self.composed_weight < 0 or self.gps_time_weight < 0:
+            raise GtlocError(f"composed_weight ({self.composed_weight}) and gps_time_weight ({self.gps_time_weight}) "
+                             "must be >= 0")
         ModelConfig.from_dict(self.model)
         return self
 
@@ -174,9 +183,12 @@ class Trainer:
         model_cfg = ModelConfig.from_dict(cfg.model)
         self.model = GTLoc(model_cfg, seed=cfg.seed)
         self.frozen = not model_cfg.backbone.trainable
+        timed = any(r.torus is not None for r in self.train_records)
         self.model.heads_trained = {
             "location": cfg.loc_weight > 0,
-            "time": cfg.time_weight > 0 and any(r.torus is not None for r in self.train_records),
+            "time": cfg.time_weight > 0 and timed,
+            **dict.fromkeys(("ig2t", "it2g", "gt2i"), cfg.composed_weight > 0 and timed),
+            "gps_time": cfg.gps_time_weight > 0 and timed,
         }
         self.model.gallery_latlon_deg = self._gallery(self.train_records)
         self.optimizer = self._build_optimizer()
@@ -261,27 +273,51 @@ class Trainer:
 
     def _loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, model = self.cfg, self.model
+        scales = model.logit_scales
         image_emb = model.embed_features(self._image_features(idx, train=True))
         total = torch.zeros(())
         parts: dict[str, float] = {}
-        if cfg.loc_weight > 0:
+
+        def add(name: str, weight: float, loss: torch.Tensor) -> None:
+            nonlocal total
+            total = total + weight * loss
+            parts[name] = loss.item()
+
+        timed = ~torch.isnan(self.torus[idx, 0])
+        any_timed = bool(timed.any())
+        composed = any_timed and (cfg.composed_weight > 0 or cfg.gps_time_weight > 0)
+        loc_emb = time_emb = None
+        if cfg.loc_weight > 0 or composed:
             gps = self.latlon[idx]
             if cfg.gps_noise_deg > 0:
                 gps = gps + torch.randn_like(gps) * cfg.gps_noise_deg
-            loc_emb = model.embed_locations(torch.cat((gps, self.loc_queue.values())))
-            l_loc = location_infonce(image_emb, loc_emb, model.logit_scale_loc)
-            self.loc_queue.push(self.latlon[idx])
-            total = total + cfg.loc_weight * l_loc
-            parts["loss_loc"] = l_loc.item()
-        timed = ~torch.isnan(self.torus[idx, 0])
-        if cfg.time_weight > 0 and bool(timed.any()):
+            loc_emb = model.embed_locations(torch.cat((gps, self.loc_queue.values())))  # [batch ; queue]
+            if cfg.loc_weight > 0:
+                add("loss_loc", cfg.loc_weight, infonce(image_emb, loc_emb, scales["img_gps"]))
+        if (cfg.time_weight > 0 or composed) and any_timed:
             times = self.torus[idx][timed]
             gallery = torch.cat((times, self.time_queue.values()))
             q = tml_targets(times, gallery, mode=cfg.tml_target, tau_delta=cfg.tau_delta)
-            l_time = temporal_metric_loss(image_emb[timed], model.embed_times(gallery), model.logit_scale_time, q)
-            self.time_queue.push(times)
-            total = total + cfg.time_weight * l_time
-            parts["loss_time"] = l_time.item()
+            time_emb = model.embed_times(gallery)  # [timed batch ; queue]
+            if cfg.time_weight > 0:
+                add("loss_time", cfg.time_weight, temporal_metric_loss(image_emb[timed], time_emb, scales["img_time"], q))
+        if composed and int(timed.sum()) >= 2:
+            n = int(timed.sum())
+            img_t, place_t = image_emb[timed], loc_emb[:len(idx)][timed]
+            # Reorder places so the timed photos come first: InfoNCE's target i is then row i of [timed ; rest].
+            untimed = loc_emb[:len(idx)][~timed]
+            places = torch.cat((place_t, untimed, loc_emb[len(idx):]))
+            if cfg.composed_weight > 0:
+                w = cfg.composed_weight
+                add("loss_ig2t", w, temporal_metric_loss(model.fuse(img_t, place_t), time_emb, scales["ig2t"], q))
+                add("loss_it2g", w, infonce(model.fuse(img_t, time_emb[:n]), places, scales["it2g"]))
+                add("loss_gt2i", w, infonce(model.fuse(place_t, time_emb[:n]), img_t, scales["gt2i"]))
+            if cfg.gps_time_weight > 0:
+                add("loss_gps_time", cfg.gps_time_weight, temporal_metric_loss(place_t, time_emb, scales["gps_time"], q))
+        if cfg.loc_weight > 0 or composed:
+            self.loc_queue.push(self.latlon[idx])
+        if time_emb is not None:
+            self.time_queue.push(self.torus[idx][timed])
         parts["loss"] = total.item()
         return total, parts
 
