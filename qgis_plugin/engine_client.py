@@ -11,7 +11,7 @@ request goes quiet for too long. One shared client per QGIS session keeps one mo
     find_engine(configured) the configured engine, else $GTLOC_ENGINE, else `gtloc` on PATH
     clean_environment()     the environment the worker gets: the host's basics without QGIS's Python and Qt paths
     EngineClient            start/request/stop; request() blocks, reports progress and honours cancel;
-                            search() is the protocol's search request
+                            predict() and search() are the protocol's predict and search requests
     shared_client()         the session's client, built from the plugin settings; shutdown_shared() stops it
 """
 
@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -224,6 +225,30 @@ class EngineClient:
             with self._lock:
                 self._pending.pop(request_id, None)
 
+    def predict(self, model: str, photos: list[str], out_gpkg: str, *, rasters_dir: str | None = None,
+                top_k: int = 5, batch_size: int | None = None, cache_dir: str | None = None, time: str | None = None,
+                on_progress: Callable[[int, int], None] | None = None,
+                is_cancelled: Callable[[], bool] | None = None) -> dict:
+        """The protocol's `predict` (docs/protocol.md): photo files and/or folders -> a results GeoPackage; returns
+        the engine's summary. `time`: a known local capture time (ISO 8601 or EXIF form): every photo's place is
+        predicted given it (where given when); None: from the image alone."""
+        params: dict = {"model": str(model), "photos": [str(p) for p in photos], "out_gpkg": str(out_gpkg),
+                        "rasters_dir": None if rasters_dir in (None, "") else str(rasters_dir), "top_k": int(top_k)}
+        if batch_size is not None:
+            params["batch_size"] = int(batch_size)
+        if cache_dir not in (None, ""):
+            params["cache_dir"] = str(cache_dir)
+        if time not in (None, ""):
+            params["time"] = str(time)
+        summary = self.request("predict", params, on_progress=on_progress, is_cancelled=is_cancelled)
+        if "time" in params and not _has_column(summary.get("out_gpkg", out_gpkg), "photos", "given_time_local"):
+            # An engine from before `time` ignores the parameter: its places are from the image alone.
+            hello = self._hello or {}
+            raise EngineError("protocol", f"this gtloc engine ({hello.get('engine_version', '?')}) ignored the known "
+                                          "capture time (its results have no given_time_local): update the engine, "
+                                          "or clear the time to locate from the image alone")
+        return summary
+
     def search(self, gpkg: str, model: str, *, near_latlon_deg: tuple[float, float] | None = None,
                radius_km: float | None = None, month: str | None = None, hour: str | None = None,
                like: str | None = None, text: str | None = None, within: str | None = None, top_k: int = 10,
@@ -304,6 +329,21 @@ class EngineClient:
                 except (OSError, ValueError):
                     pass
         self._proc, self._hello = None, None
+
+
+def _has_column(gpkg: str, table: str, column: str) -> bool:
+    """Whether a GeoPackage's table has the column; True when it cannot be told (no file, no such table)."""
+    if not Path(gpkg).is_file():
+        return True
+    try:
+        db = sqlite3.connect(Path(gpkg).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            columns = [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return True
+    return not columns or column in columns
 
 
 _shared: EngineClient | None = None

@@ -14,7 +14,7 @@ from qgis.PyQt.QtWidgets import QAction, QFileDialog
 from .drop import PHOTO_SUFFIXES, PhotoDropHandler
 from .engine_client import EngineError, shared_client, shutdown_shared
 from .processing.provider import GtlocProvider
-from .settings import load_settings
+from .settings import describe_time, load_settings
 from .tasks import PredictTask, new_request
 
 MENU = "&gtloc"
@@ -81,16 +81,21 @@ class GtlocPlugin:
 
     # -- actions ------------------------------------------------------------------------------------------------
     def predict(self, photos: list[str]) -> PredictTask | None:
-        """Start a background prediction for one batch of photo files or folders; its layers form one group."""
+        """Start a background prediction for one batch of photo files or folders; its layers form one group.
+
+        With a known capture time in the settings every place is predicted given it, and the group's name (which
+        the message bar repeats) says so: "... (given 2024-07-14 18:30)"."""
         try:
             request = new_request(photos, load_settings())
-        except (EngineError, OSError) as exc:
-            self._message(str(exc), Qgis.Warning)
+        except (EngineError, OSError, ValueError) as exc:
+            self._message(f"{exc}; fix it in gtloc's settings" if isinstance(exc, ValueError) else str(exc),
+                          Qgis.Warning)
             return None
         self.batches += 1
         first = Path(photos[0]).name
         more = f" + {len(photos) - 1}" if len(photos) > 1 else ""
-        group = f"gtloc {dt.datetime.now():%H:%M:%S} {first}{more}"
+        given = f" (given {describe_time(request.time)})" if request.time else ""
+        group = f"gtloc {dt.datetime.now():%H:%M:%S} {first}{more}{given}"
         task = PredictTask(shared_client(), request, group, on_done=self._task_done)
         self.tasks.append(task)
         QgsApplication.taskManager().addTask(task)

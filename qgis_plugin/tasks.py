@@ -1,7 +1,8 @@
 """Background prediction: a QgsTask whose run() only talks to the engine and finished() alone touches layers.
 
-    PredictRequest         what to predict and where the results go (data; becomes the protocol's params)
-    new_request(photos, settings)  a request writing a fresh, timestamped GeoPackage in the output folder
+    PredictRequest         what to predict and where the results go (data; EngineClient.predict's arguments)
+    new_request(photos, settings)  a request writing a fresh, timestamped GeoPackage in the output folder, given
+                           the settings' known capture time when there is one
     PredictTask            QgsTask: engine predict with progress and cancel; on success adds the styled layers
 """
 
@@ -15,7 +16,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsTask
 
 from .engine_client import EngineClient, EngineError
 from .layers import PredictionLayers, add_to_project, load_prediction
-from .settings import PluginSettings
+from .settings import PluginSettings, parse_capture_time
 
 LOG_TAG = "gtloc"
 
@@ -27,13 +28,17 @@ class PredictRequest:
     out_gpkg: str
     rasters_dir: str | None = None
     top_k: int = 5
+    time: str | None = None  # known local capture time (ISO): places are predicted given it (where given when)
 
     def params(self) -> dict:
         return asdict(self)
 
 
 def new_request(photos: list[str], settings: PluginSettings) -> PredictRequest:
-    """A request for `photos` writing `<output folder>/gtloc-<local time>.gpkg` and its rasters folder."""
+    """A request for `photos` writing `<output folder>/gtloc-<local time>.gpkg` and its rasters folder.
+
+    ValueError (one line) when the settings' known capture time is not a date and time (edited by hand)."""
+    known_time = parse_capture_time(settings.known_time)
     if not settings.model:
         raise EngineError("not_configured", "no gtloc model chosen: set the checkpoint (.safetensors) in gtloc's "
                                             "settings")
@@ -42,7 +47,7 @@ def new_request(photos: list[str], settings: PluginSettings) -> PredictRequest:
     folder.mkdir(parents=True, exist_ok=True)
     return PredictRequest(model=settings.model, photos=[str(p) for p in photos],
                           out_gpkg=str(folder / f"gtloc-{stamp}.gpkg"), rasters_dir=str(folder / f"gtloc-{stamp}"),
-                          top_k=settings.top_k)
+                          top_k=settings.top_k, time=known_time)
 
 
 class PredictTask(QgsTask):
@@ -58,8 +63,8 @@ class PredictTask(QgsTask):
 
     def run(self) -> bool:
         try:
-            self.summary = self.client.request(
-                "predict", self.request.params(), is_cancelled=self.isCanceled,
+            self.summary = self.client.predict(
+                **self.request.params(), is_cancelled=self.isCanceled,
                 on_progress=lambda done, total: self.setProgress(100.0 * done / total if total else 0.0))
         except EngineError as exc:
             self.error = str(exc)

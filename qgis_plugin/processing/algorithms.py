@@ -1,7 +1,9 @@
 """Processing algorithms, thin wrappers: predict goes through engine_client, export is plain QGIS/GDAL.
 
-    gtloc:predict   photos (files and/or a folder) -> results GeoPackage (+ likelihood GeoTIFFs), via the engine
-    gtloc:search    a results GeoPackage + a place / month-hour windows / text -> layer search_results, via the engine
+    gtloc:predict   photos (files and/or a folder) -> results GeoPackage (+ likelihood GeoTIFFs), via the engine;
+                    TIME: a known local capture time, every place predicted given it (where given when)
+    gtloc:search    a results GeoPackage + a place / month-hour windows / a photo (alone, or with windows: the same
+                    place at another time) / text -> layer search_results, via the engine
     gtloc:export    the session's gtloc layers (or chosen layers) -> one GeoPackage, vectors and rasters
 """
 
@@ -30,7 +32,7 @@ from qgis.core import (
 
 from ..engine_client import EngineError, shared_client
 from ..layers import gtloc_layers
-from ..settings import load_settings
+from ..settings import TIME_FORMATS, describe_time, load_settings, parse_capture_time
 
 
 class _Algorithm(QgsProcessingAlgorithm):
@@ -55,7 +57,11 @@ class PredictAlgorithm(_Algorithm):
         return ("Runs the gtloc engine on photo files and/or a folder of photos and writes a results GeoPackage "
                 "(layers photos, candidates, regions) plus likelihood GeoTIFFs. Re-running on the same GeoPackage "
                 "skips photos already done. The engine is the one in gtloc's settings, else $GTLOC_ENGINE, else "
-                "gtloc on PATH; the model defaults to the one in the settings.")
+                "gtloc on PATH; the model defaults to the one in the settings.\n\n"
+                "Known local capture time (where given when): when the local time the photos were taken is known "
+                f"(e.g. when they were posted), give it as {TIME_FORMATS}; every photo's place is then predicted "
+                "given that time, and the photos rows say place_given = image+time and given_time_local. It needs a "
+                "model with trained location and time heads. Leave it empty to locate from the image alone.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterMultipleLayers("PHOTOS", "Photo files", QgsProcessing.TypeFile,
@@ -66,6 +72,8 @@ class PredictAlgorithm(_Algorithm):
                                                      extension="safetensors", optional=True))
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Candidate places per photo",
                                                        QgsProcessingParameterNumber.Integer, 5, minValue=1))
+        self.addParameter(QgsProcessingParameterString("TIME", "Known local capture time (where given when)",
+                                                       optional=True))
         self.addParameter(QgsProcessingParameterFolderDestination(
             "RASTERS", "Likelihood rasters folder (default: next to the GeoPackage)",
             optional=True, createByDefault=False))
@@ -88,11 +96,16 @@ class PredictAlgorithm(_Algorithm):
         # Without a rasters folder the engine writes no GeoTIFFs; the likelihood maps are the point of a run.
         rasters = (self.parameterAsString(parameters, "RASTERS", context)
                    or str(Path(out_gpkg).with_suffix("")) + "_rasters")
-        params = {"model": model, "photos": photos, "out_gpkg": out_gpkg, "rasters_dir": rasters,
-                  "top_k": self.parameterAsInt(parameters, "TOP_K", context)}
         try:
-            summary = shared_client().request(
-                "predict", params, is_cancelled=feedback.isCanceled,
+            known_time = parse_capture_time(self.parameterAsString(parameters, "TIME", context))
+        except ValueError as exc:
+            raise QgsProcessingException(f"TIME: {exc}") from None
+        if known_time is not None:
+            feedback.pushInfo(f"places predicted given the known local capture time {describe_time(known_time)}")
+        try:
+            summary = shared_client().predict(
+                model, photos, out_gpkg, rasters_dir=rasters, top_k=self.parameterAsInt(parameters, "TOP_K", context),
+                time=known_time, is_cancelled=feedback.isCanceled,
                 on_progress=lambda done, total: feedback.setProgress(100.0 * done / total if total else 0.0))
         except EngineError as exc:
             raise QgsProcessingException(f"gtloc engine: {exc}") from None
@@ -113,9 +126,12 @@ class SearchAlgorithm(_Algorithm):
 
     def shortHelpString(self) -> str:
         return ("Ranks the photos of a gtloc results GeoPackage by how well they match a place (a point, optionally "
-                "with a radius filter), month and hour windows (e.g. 11-2 and 22-3, which wrap), or a text, and "
-                "writes the best ones as the layer search_results (points with rank and score). The model must be "
-                "the one that made the GeoPackage.")
+                "with a radius filter), month and hour windows (e.g. 11-2 and 22-3, which wrap), a photo, or a text, "
+                "and writes the best ones as the layer search_results (points with rank and score). A photo alone "
+                "finds photos that look taken at the same place and time; a photo with months and/or hours finds "
+                "photos of the same place as that photo at another time (its place: its point in the GeoPackage, "
+                "else its EXIF place, else its most likely place; the log says which). The query photo itself is "
+                "never returned. The model must be the one that made the GeoPackage.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFile("GPKG", "Results GeoPackage (from Locate and date photos)",
@@ -127,6 +143,8 @@ class SearchAlgorithm(_Algorithm):
                                                        QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterString("MONTH", "Months (e.g. 6 or 11-2)", optional=True))
         self.addParameter(QgsProcessingParameterString("HOUR", "Local hours (e.g. 14 or 22-3)", optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            "LIKE", "Photo (like this photo; with months/hours: its place at another time)", optional=True))
         self.addParameter(QgsProcessingParameterString("TEXT", "Text (instead of place and time)", optional=True))
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Results",
                                                        QgsProcessingParameterNumber.Integer, 10, minValue=1))
@@ -151,12 +169,13 @@ class SearchAlgorithm(_Algorithm):
                 radius_km=radius_km if radius_km > 0 else None,
                 month=self.parameterAsString(parameters, "MONTH", context) or None,
                 hour=self.parameterAsString(parameters, "HOUR", context) or None,
+                like=self.parameterAsFile(parameters, "LIKE", context) or None,
                 text=self.parameterAsString(parameters, "TEXT", context) or None,
                 top_k=self.parameterAsInt(parameters, "TOP_K", context), out=out, is_cancelled=feedback.isCanceled)
         except EngineError as exc:
             raise QgsProcessingException(f"gtloc engine: {exc}") from None
         for note in result.get("notes", []):
-            feedback.reportError(note, False)
+            feedback.pushWarning(note)  # which place a photo+time query used, or how far to trust a text query
         feedback.pushInfo(f"{len(result['results'])} of {result.get('n_candidates', 0)} photos "
                           f"({result['query']['kind']} query, {result.get('method')} search)")
         return {"OUTPUT": out, "N_RESULTS": len(result["results"])}

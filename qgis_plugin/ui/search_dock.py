@@ -1,6 +1,7 @@
 """A dock for geo-temporal search over the loaded gtloc photo layers (the engine's `search` over the layer's
-GeoPackage): pick a place on the map, month/hour windows, the selected photo or a text; the results are listed
-with their scores and selected on the map.
+GeoPackage): pick a place on the map, month/hour windows, the selected photo (alone: photos like it; with month/hour
+windows: photos of its place at another time) or a text; the results are listed with their scores and selected on
+the map, and the engine's notes (e.g. which place a photo+time query used) are shown under them.
 
     SearchDock     the dock: its widgets, the pick-a-place map tool, the Search button
     SearchTask     QgsTask: run() only talks to the engine, finished() alone touches the layer and the list
@@ -90,7 +91,10 @@ class SearchDock(QDockWidget):
         self.month.setPlaceholderText("e.g. 6 or 11-2")
         self.hour = QLineEdit()
         self.hour.setPlaceholderText("e.g. 14 or 22-3 (local)")
-        self.like_selected = QCheckBox("like the selected photo")
+        self.like_selected = QCheckBox("like the selected photo (with months/hours: its place then)")
+        self.like_selected.setToolTip("Alone: photos that look taken at the same place and time as the selected "
+                                      "photo. With months and/or hours: photos of the selected photo's place at "
+                                      "that other time (its place is its point on the map, so no place is picked).")
         self.text = QLineEdit()
         self.text.setPlaceholderText("or a text, e.g. snow at dusk")
         self.top_k = QSpinBox()
@@ -128,6 +132,7 @@ class SearchDock(QDockWidget):
         self.pick_button.toggled.connect(self._on_pick_toggled)
         self.clear_place_button.clicked.connect(lambda: self.set_place(None))
         self.search_button.clicked.connect(self.search)
+        self.like_selected.toggled.connect(self._on_like_toggled)
         project = QgsProject.instance()
         project.layersAdded.connect(self.refresh_layers)
         project.layersRemoved.connect(self.refresh_layers)
@@ -167,6 +172,13 @@ class SearchDock(QDockWidget):
         layer_id = self.layer_box.currentData()
         return QgsProject.instance().mapLayer(layer_id) if layer_id else None
 
+    def _on_like_toggled(self, checked: bool) -> None:
+        """A photo query searches the photo's own place: the place and radius widgets do not apply."""
+        if checked and self.pick_button.isChecked():
+            self.pick_button.setChecked(False)
+        for widget in (self.pick_button, self.clear_place_button, self.place_label, self.radius_km):
+            widget.setEnabled(not checked)
+
     def _on_pick_toggled(self, checked: bool) -> None:
         canvas = self.iface.mapCanvas()
         if checked:
@@ -197,18 +209,21 @@ class SearchDock(QDockWidget):
             raise ValueError("no gtloc model chosen: set the checkpoint in gtloc's settings")
         kwargs = {"gpkg": layer.customProperty(SOURCE_PROPERTY), "model": model, "top_k": self.top_k.value()}
         text = self.text.text().strip()
+        month, hour = self.month.text().strip() or None, self.hour.text().strip() or None
         if text:
             kwargs["text"] = text
         elif self.like_selected.isChecked():
             selected = list(layer.getSelectedFeatures())
             if not selected:
-                raise ValueError(f"select a photo in {layer.name()} to search for photos like it")
-            kwargs["like"] = selected[0]["path"]
+                raise ValueError(f"select a photo in {layer.name()} to search for photos like it"
+                                 + (" (or of its place at another time)" if month or hour else ""))
+            # With month/hour windows: the same place as this photo at another time (the engine's photo+time).
+            # The place is the photo's own, so a picked place and the radius are not sent.
+            kwargs.update(like=selected[0]["path"], month=month, hour=hour)
         else:
             if self.near_latlon_deg is None and not (self.month.text().strip() or self.hour.text().strip()):
                 raise ValueError("pick a place on the map and/or give months or hours, a photo or a text")
-            kwargs.update(near_latlon_deg=self.near_latlon_deg, month=self.month.text().strip() or None,
-                          hour=self.hour.text().strip() or None)
+            kwargs.update(near_latlon_deg=self.near_latlon_deg, month=month, hour=hour)
             if self.near_latlon_deg is not None and self.radius_km.value() > 0:
                 kwargs["radius_km"] = self.radius_km.value()
         return kwargs
@@ -251,9 +266,10 @@ class SearchDock(QDockWidget):
             km = "" if hit.get("dist_km") is None else f"{hit['dist_km']:.0f}"
             self.results.addTopLevelItem(QTreeWidgetItem([str(hit["rank"]), f"{hit['score']:.4f}",
                                                           Path(hit["path"]).name, km]))
-        notes = " ".join(result.get("notes", []))
-        self.status.setText(f"{len(result['results'])} of {result.get('n_candidates', 0)} photos "
-                            f"({result['query']['kind']} query){': ' + notes if notes else ''}")
+        kind = result["query"]["kind"]
+        lines = [f"{len(result['results'])} of {result.get('n_candidates', 0)} photos ({kind} query)",
+                 *result.get("notes", [])]  # one line per note: which place a photo+time query used, text caveats
+        self.status.setText("\n".join(lines))
         if layer is None:
             return
         wanted = {hit["sha256"] for hit in result["results"]}

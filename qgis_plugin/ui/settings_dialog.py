@@ -1,13 +1,22 @@
-"""Settings dialog: the engine (its Python or gtloc executable; PATH when empty), model, top-k, output folder."""
+"""Settings dialog: the engine (its Python or gtloc executable; PATH when empty), model, top-k, output folder and
+an optional known capture time (checked on OK: an unparseable one keeps the dialog open and says what to write)."""
 
 from __future__ import annotations
 
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QPushButton, QSpinBox
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+)
 
 from ..engine_client import EngineClient, EngineError, engine_command, find_engine
-from ..settings import load_settings, save_settings
+from ..settings import TIME_FORMATS, load_settings, parse_capture_time, save_settings
 
 
 class SettingsDialog(QDialog):
@@ -29,6 +38,13 @@ class SettingsDialog(QDialog):
         self.out_dir.setStorageMode(QgsFileWidget.GetDirectory)
         self.out_dir.setFilePath(self.settings.out_dir)
         self.out_dir.lineEdit().setPlaceholderText(str(self.settings.output_folder()))
+        self.known_time = QLineEdit(self.settings.known_time)
+        self.known_time.setPlaceholderText("e.g. 2024-07-14T18:30; empty: the place from the image alone")
+        self.known_time.setToolTip("When the local time the photos were taken is known (e.g. when they were "
+                                   "posted), Locate photos, Locate a photo folder and dropped photos predict each "
+                                   "photo's place given that time (where given when). The same time is used for "
+                                   "every photo of a batch; clear it for photos taken at other times. "
+                                   f"Accepted: {TIME_FORMATS}.")
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -38,6 +54,7 @@ class SettingsDialog(QDialog):
         form.addRow("Model", self.model)
         form.addRow("Candidate places", self.top_k)
         form.addRow("Output folder", self.out_dir)
+        form.addRow("Known capture time (local, optional)", self.known_time)
         form.addRow(test, self.status)
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.accept)
@@ -69,6 +86,14 @@ class SettingsDialog(QDialog):
                 client.stop()
 
     def accept(self) -> None:
+        try:
+            known_time = parse_capture_time(self.known_time.text())
+        except ValueError as exc:  # stay open: the analyst fixes or clears the time
+            self.status.setText(f"error: {exc}")
+            self.known_time.setFocus()
+            self.known_time.selectAll()
+            return
+        self.settings.known_time = known_time or ""
         self.settings.engine = self.engine.filePath()
         self.settings.model = self.model.filePath()
         self.settings.top_k = self.top_k.value()

@@ -1,4 +1,5 @@
-"""A dock with the time posterior of the selected photo: a month x hour heat map (12 rows, 24 columns)."""
+"""A dock with the time posterior of the selected photo: a month x hour heat map (12 rows, 24 columns); its caption
+also says when the photo's place was predicted given a known capture time (where given when)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from qgis.PyQt.QtGui import QColor, QPainter
 from qgis.PyQt.QtWidgets import QDockWidget, QLabel, QVBoxLayout, QWidget
 
 from ..layers import KIND_PROPERTY, time_posterior
+from ..settings import describe_time
 
 MONTHS = "JFMAMJJASOND"
 
@@ -91,8 +93,25 @@ class TimePosteriorDock(QDockWidget):
         self.heat_map.set_grid(grid)
         if feature is None:
             self.caption.setText("select a photo in a gtloc photos layer")
-        elif grid is None:
-            self.caption.setText(f"{feature['file_name']}: no time posterior (the model's time head is untrained)")
+            return
+        if grid is None:
+            text = f"{feature['file_name']}: no time posterior (the model's time head is untrained)"
         else:
-            self.caption.setText(f"{feature['file_name']}: most likely month {feature['pred_month']}, "
-                                 f"hour {feature['pred_hour_local']:.1f} (local)")
+            text = (f"{feature['file_name']}: most likely month {feature['pred_month']}, "
+                    f"hour {feature['pred_hour_local']:.1f} (local)")
+        given = _field(feature, "given_time_local")
+        if _field(feature, "place_given") == "image+time" and isinstance(given, str) and given:
+            try:
+                given = describe_time(given)
+            except ValueError:
+                pass  # shown as stored
+            text += f"; place predicted given {given} (local)"
+        self.caption.setText(text)
+
+
+def _field(feature, name: str):
+    """A feature's value, or None when its layer has no such field (GeoPackages from older engines) or it is NULL."""
+    if feature.fields().indexOf(name) < 0:
+        return None
+    value = feature[name]
+    return None if value is None or (hasattr(value, "isNull") and value.isNull()) else value

@@ -55,6 +55,16 @@ def model_path(engine_files, tmp_path_factory) -> Path:
     return out / "model.safetensors"
 
 
+@pytest.fixture(scope="session")
+def location_only_model(engine_files, tmp_path_factory) -> Path:
+    """A tiny model trained with --time-weight 0: a location head but no time head (so no place given a time)."""
+    out = tmp_path_factory.mktemp("run_location_only")
+    _engine_run(ENGINE_GTLOC, "train", "--manifest", engine_files["manifest"], "--out", out, "--preset", "tiny",
+                "--epochs", "1", "--batch-size", "64", "--time-weight", "0", "--cache-dir", out / "features",
+                "--quiet")
+    return out / "model.safetensors"
+
+
 @pytest.fixture
 def client():
     from qgis_plugin.engine_client import EngineClient, engine_command
@@ -88,6 +98,23 @@ def plugin_settings(model_path, tmp_path_factory):
     save_settings(settings)
     yield settings
     save_settings(PluginSettings())
+
+
+@pytest.fixture(scope="module")
+def gtloc_provider(qgis_processing):
+    """The plugin's Processing provider, registered for this module (unless a loaded plugin has it already)."""
+    from qgis.core import QgsApplication
+
+    from qgis_plugin.processing.provider import GtlocProvider
+
+    registry = QgsApplication.processingRegistry()
+    provider = None
+    if registry.providerById("gtloc") is None:
+        provider = GtlocProvider()
+        assert registry.addProvider(provider)
+    yield
+    if provider is not None:
+        registry.removeProvider(provider)
 
 
 def wait_until(condition, timeout_s: float = 180.0) -> None:

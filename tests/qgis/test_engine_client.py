@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 
 import pytest
 from conftest import ENGINE_PYTHON
@@ -68,6 +69,66 @@ def test_cancel_from_the_caller_stops_the_request(client, model_path, engine_fil
                                          "out_gpkg": str(tmp_path / "c.gpkg"), "batch_size": 1},
                              on_progress=lambda done, total: progress.append(done), is_cancelled=lambda: bool(progress))
     assert summary["cancelled"] and summary["n_done"] < 40
+
+
+def _photo_rows(gpkg) -> list[tuple]:
+    with sqlite3.connect(gpkg) as db:
+        rows = db.execute("SELECT path, place_given, given_time_local, pred_lat_deg FROM photos").fetchall()
+    db.close()
+    return rows
+
+
+def test_predict_given_a_known_time_writes_rows_that_say_so(client, model_path, engine_files, tmp_path):
+    photo = engine_files["toy_photos"][3]
+    progress = []
+    summary = client.predict(str(model_path), [photo], str(tmp_path / "given.gpkg"), top_k=2,
+                             time="2024:07:14 18:30:00", on_progress=lambda done, total: progress.append(done))
+    assert summary["n_done"] == 1 and summary["n_failed"] == 0 and progress
+    [(path, place_given, given_time, pred_lat_deg)] = _photo_rows(tmp_path / "given.gpkg")
+    assert (path, place_given, given_time) == (photo, "image+time", "2024-07-14T18:30:00")  # EXIF form, read as ISO
+    assert pred_lat_deg is not None
+    # The same photo without a time: the place from the image alone, and the row says that too.
+    client.predict(str(model_path), [photo], str(tmp_path / "image.gpkg"), top_k=2)
+    [(path, place_given, given_time, _)] = _photo_rows(tmp_path / "image.gpkg")
+    assert (path, place_given, given_time) == (photo, "image", None)
+
+
+def test_a_bad_known_time_is_one_clear_engine_error_and_writes_nothing(client, model_path, engine_files, tmp_path):
+    for bad, says in (("14/07/2024 18h30", "not a valid date and time"), ("2024-07-14", "no time of day")):
+        out = tmp_path / "never.gpkg"
+        with pytest.raises(EngineError) as err:
+            client.predict(str(model_path), [engine_files["toy_photos"][0]], str(out), time=bad)
+        message = str(err.value)
+        assert err.value.code == "bad_input" and bad in message and says in message and "\n" not in message
+        assert not out.exists()
+    assert client.starts == 1  # the worker keeps serving after each refusal
+
+
+def test_an_engine_that_ignores_the_known_time_is_not_trusted(tmp_path):
+    """An engine from before `time` would answer with places from the image alone: the client refuses that."""
+    script = tmp_path / "old_engine.py"
+    script.write_text(
+        "import json, sqlite3, sys\n"
+        "print(json.dumps({'type': 'hello', 'protocol': 1, 'engine_version': '0.0.9', "
+        "'methods': ['info', 'predict']}), flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    msg = json.loads(line)\n"
+        "    if msg.get('method') != 'predict':\n"
+        "        continue\n"
+        "    db = sqlite3.connect(msg['params']['out_gpkg'])\n"
+        "    db.execute('CREATE TABLE IF NOT EXISTS photos (path TEXT, place_given TEXT)')\n"
+        "    db.commit()\n"
+        "    db.close()\n"
+        "    result = {'out_gpkg': msg['params']['out_gpkg'], 'n_done': 1, 'got_time': 'time' in msg['params']}\n"
+        "    print(json.dumps({'id': msg['id'], 'type': 'result', 'result': result}), flush=True)\n")
+    old = EngineClient([str(ENGINE_PYTHON), str(script)])
+    try:
+        assert old.predict("m.safetensors", ["a.jpg"], str(tmp_path / "a.gpkg"))["got_time"] is False
+        with pytest.raises(EngineError) as err:
+            old.predict("m.safetensors", ["a.jpg"], str(tmp_path / "b.gpkg"), time="2024-07-14T18:30:00")
+        assert err.value.code == "protocol" and "0.0.9" in str(err.value) and "update the engine" in str(err.value)
+    finally:
+        old.stop(timeout_s=2)
 
 
 def test_the_worker_starts_in_a_clean_environment_despite_a_poisoned_host(client, tmp_path, monkeypatch):

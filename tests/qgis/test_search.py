@@ -39,23 +39,6 @@ def cli_search(gpkg: Path, model: Path, *args) -> dict:
     return json.loads(_engine_run(ENGINE_GTLOC, "search", gpkg, "--model", model, *args))
 
 
-@pytest.fixture(scope="module")
-def gtloc_provider(qgis_processing):
-    """The plugin's Processing provider, registered for this module (unless a loaded plugin has it already)."""
-    from qgis.core import QgsApplication
-
-    from qgis_plugin.processing.provider import GtlocProvider
-
-    registry = QgsApplication.processingRegistry()
-    provider = None
-    if registry.providerById("gtloc") is None:
-        provider = GtlocProvider()
-        assert registry.addProvider(provider)
-    yield
-    if provider is not None:
-        registry.removeProvider(provider)
-
-
 @pytest.mark.slow
 def test_processing_search_writes_the_engines_ranking_as_a_layer(results_gpkg, model_path, plugin_settings,
                                                                  gtloc_provider, tmp_path):
@@ -132,3 +115,72 @@ def test_the_search_dock_lists_scored_results_and_selects_them_on_the_map(result
         dock.unload()
         dock.deleteLater()
         project.removeMapLayers([layer.id() for layer in layers.all()])
+
+
+@pytest.mark.slow
+def test_the_search_dock_finds_the_selected_photos_place_at_another_time(results_gpkg, model_path, engine_files,
+                                                                         plugin_settings, iface):
+    from qgis_plugin.ui.search_dock import SearchDock
+
+    project = QgsProject.instance()
+    layers = load_prediction(results_gpkg)
+    add_to_project(layers, "photo+time test", project)
+    dock = SearchDock(iface)
+    try:
+        claimed = engine_files["claimed_jpeg"]
+        query = next(f for f in layers.photos.getFeatures() if f["path"] == claimed)
+        layers.photos.selectByIds([query.id()])
+        dock.set_place(QgsPointXY(10.0, 20.0))  # left over from an earlier search: a photo query ignores it
+        dock.radius_km.setValue(100)
+        dock.like_selected.setChecked(True)
+        assert not dock.pick_button.isEnabled() and not dock.radius_km.isEnabled()  # the place is the photo's
+        dock.month.setText("12-2")
+        dock.hour.setText("6-9")
+        kwargs = dock.request_kwargs(layers.photos)
+        assert {k: kwargs.get(k) for k in ("like", "month", "hour", "near_latlon_deg", "radius_km")} == {
+            "like": claimed, "month": "12-2", "hour": "6-9", "near_latlon_deg": None, "radius_km": None}
+        dock.top_k.setValue(20)
+        dock.search_button.click()
+        assert dock.task is not None
+        wait_until(lambda: dock.task is None, timeout_s=120)
+        first, *notes = dock.status.text().split("\n")
+        assert first == "8 of 8 photos (photo+time query)", dock.status.text()
+        # The notes say which place was searched: the claimed photo's point is its EXIF claim (Paris).
+        assert dock.last_result["query"]["kind"] == "photo+time"
+        assert notes == dock.last_result["notes"] and any(
+            "same place as the query photo" in n and f"{PARIS_LATLON_DEG[0]:.4f}, {PARIS_LATLON_DEG[1]:.4f}" in n
+            for n in notes), notes
+        expected = cli_search(results_gpkg, model_path, "--like", claimed, "--month", "12-2", "--hour", "6-9",
+                              "--top", 20)
+        assert expected["query"]["kind"] == "photo+time"
+        listed = [dock.results.topLevelItem(i).text(2) for i in range(dock.results.topLevelItemCount())]
+        assert listed == [Path(r["path"]).name for r in expected["results"]]
+        assert "claimed.jpg" not in listed  # the query photo is not its own result
+        selected = {f["sha256"] for f in layers.photos.getSelectedFeatures()}
+        assert query["sha256"] not in selected and len(selected) == 8
+        # Unticked, the same months and hours are a plain time query again.
+        dock.like_selected.setChecked(False)
+        assert dock.pick_button.isEnabled() and "like" not in dock.request_kwargs(layers.photos)
+    finally:
+        dock.unload()
+        dock.deleteLater()
+        project.removeMapLayers([layer.id() for layer in layers.all()])
+
+
+@pytest.mark.slow
+def test_processing_search_with_a_photo_and_months_finds_its_place_at_another_time(results_gpkg, model_path,
+                                                                                   engine_files, plugin_settings,
+                                                                                   gtloc_provider, tmp_path):
+    import processing
+
+    out = tmp_path / "same_place.gpkg"
+    claimed = engine_files["claimed_jpeg"]
+    result = processing.run("gtloc:search", {"GPKG": str(results_gpkg), "MODEL": str(model_path), "LIKE": claimed,
+                                             "MONTH": "6-8", "TOP_K": 20, "OUTPUT": str(out)})
+    assert result["N_RESULTS"] == 8
+    with sqlite3.connect(out) as db:
+        rows = db.execute("SELECT path, query FROM search_results ORDER BY rank").fetchall()
+    db.close()
+    assert claimed not in {path for path, _ in rows} and len(rows) == 8
+    query = json.loads(rows[0][1])
+    assert query["kind"] == "photo+time" and query["like_photo"] == claimed

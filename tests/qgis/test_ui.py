@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import ENGINE_PYTHON
 
-from qgis_plugin.settings import PluginSettings, load_settings, save_settings
+from qgis_plugin.settings import PluginSettings, describe_time, load_settings, parse_capture_time, save_settings
 
 
 @pytest.fixture
@@ -38,6 +38,60 @@ def test_the_settings_dialog_reports_a_broken_engine_in_one_line(clean_settings,
     dialog.engine.setFilePath(str(tmp_path / "no-such-python"))
     dialog.test_engine()
     assert dialog.status.text().startswith("error:") and "no-such-python" in dialog.status.text()
+
+
+@pytest.mark.parametrize("typed, stored", [
+    ("2024-07-14T18:30", "2024-07-14T18:30:00"),
+    ("2024-07-14T18:30:05", "2024-07-14T18:30:05"),
+    (" 2024-07-14 18:30 ", "2024-07-14T18:30:00"),
+    ("2024:07:14 18:30:00", "2024-07-14T18:30:00"),
+    ("2024:02:29 00:00:00", "2024-02-29T00:00:00"),  # a leap day
+    ("", None),
+    ("   ", None),
+])
+def test_a_known_capture_time_is_read_in_iso_and_exif_form(typed, stored):
+    assert parse_capture_time(typed) == stored
+
+
+@pytest.mark.parametrize("typed", ["14/07/2024 18:30", "2024-07-14", "18:30", "yesterday evening",
+                                   "2024-07-14T18:30+02:00", "2023:02:29 12:00:00", "2024-07-14T24:00",
+                                   "2024-13-01T10:00", "2024:07:14 18:30"])
+def test_anything_else_is_one_line_that_says_what_to_write(typed):
+    with pytest.raises(ValueError) as err:
+        parse_capture_time(typed)
+    message = str(err.value)
+    assert repr(typed.strip()) in message and "\n" not in message
+    assert "2024-07-14T18:30" in message and "2024:07:14 18:30:00" in message  # the forms it accepts
+
+
+def test_a_known_time_is_shown_to_the_minute():
+    assert describe_time("2024-07-14T18:30:00") == "2024-07-14 18:30"
+    assert describe_time("2024-07-14T18:30:05") == "2024-07-14 18:30:05"
+
+
+def test_the_settings_dialog_refuses_an_unparseable_known_time_and_saves_a_good_one(clean_settings, qgis_app):
+    from qgis.PyQt.QtWidgets import QDialog
+
+    from qgis_plugin.ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog()
+    assert dialog.known_time.text() == ""  # none by default: places from the image alone
+    dialog.top_k.setValue(9)
+    dialog.known_time.setText("14/07/2024 18h30")
+    dialog.accept()
+    assert dialog.result() != QDialog.Accepted  # stays open, nothing saved
+    assert dialog.status.text().startswith("error: known capture time '14/07/2024 18h30'"), dialog.status.text()
+    assert "2024-07-14T18:30" in dialog.status.text()
+    assert load_settings() == PluginSettings()
+    dialog.known_time.setText("2024:07:14 18:30:00")
+    dialog.accept()
+    assert dialog.result() == QDialog.Accepted
+    assert load_settings() == PluginSettings(top_k=9, known_time="2024-07-14T18:30:00")
+    assert SettingsDialog().known_time.text() == "2024-07-14T18:30:00"  # shown again next time
+    cleared = SettingsDialog()
+    cleared.known_time.setText("  ")
+    cleared.accept()
+    assert load_settings().known_time == ""
 
 
 @pytest.mark.parametrize("month, hour", [(0, 0), (6, 14), (11, 23)])
