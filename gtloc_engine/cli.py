@@ -442,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--radius-km", type=float, help="with --near: keep photos whose point is within this distance")
     se.add_argument("--month", help="time of year: 6, or a window 11-2 (Nov to Feb, both included)")
     se.add_argument("--hour", help="local time of day: 14 (14:00-15:00), or a window 22-3 (22:00 to 03:00)")
-    se.add_argument("--like", help="a photo: find photos that look taken at the same place and time")
+    se.add_argument("--like", help="a photo: find photos that look taken at the same place and time; with "
+                    "--month/--hour: photos of the same place at that time")
     se.add_argument("--text", help="a description, e.g. 'snow at dusk' (needs a CLIP backbone with a text tower)")
     se.add_argument("--within", help="polygon file (GeoJSON, GeoPackage, Shapefile): keep photos inside it")
     se.add_argument("--within-layer", help="the layer of the --within file to use (default: its first)")

@@ -68,6 +68,28 @@ def test_predict_all_good_exits_zero_and_writes_the_file(model_path, photo_batch
     assert len(json.loads(out.read_text())) == len(photo_batch["good"])
 
 
+def test_predict_given_a_known_time_changes_the_places_and_says_so(model_path, photo_batch, tmp_path):
+    good = photo_batch["good"][:2]
+    plain = json.loads(gtloc("predict", *good, "--model", model_path).stdout)
+    proc = gtloc("predict", *good, "--model", model_path, "--time", "2021-07-01T12:00")
+    assert proc.returncode == 0, proc.stderr
+    given = json.loads(proc.stdout)
+    assert all(r["place_given"] == "image+time" for r in given)
+    assert any("it2g" in note for note in given[0]["notes"])  # trained without the composed losses: says so
+    assert [r["places"] for r in given] != [r["places"] for r in plain]
+    bad = gtloc("predict", *good, "--model", model_path, "--time", "2021-02-30T12:00")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "2021-02-30" in bad.stderr
+
+
+def test_predict_with_a_time_gallery_and_ten_crops(model_path, photo_batch, tmp_path):
+    gallery = tmp_path / "times.npy"
+    np.save(gallery, np.array([[7, 1, 12, 0, 0], [1, 15, 6, 30, 0]], dtype=np.int32))
+    proc = gtloc("predict", *photo_batch["good"][:2], "--model", model_path, "--time-gallery", gallery, "--tencrop")
+    assert proc.returncode == 0, proc.stderr
+    for r in json.loads(proc.stdout):  # only two times to choose from: July 1 noon or January 15 06:30
+        assert (r["time"]["month"], round(r["time"]["hour_local"])) in ((7, 12), (1, 7), (1, 6))
+
+
 def test_predict_with_a_broken_checkpoint_is_one_line_exit_2(photo_batch, tmp_path):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"\x00" * 100)

@@ -451,6 +451,12 @@ def test_cli_search_writes_json_and_a_geopackage_layer(collection, trained_check
     assert proc.returncode == 0, proc.stderr
     output = json.loads(proc.stdout)
     assert output["query"]["kind"] == "place+time" and len(output["results"]) == 4
+    like = gpkg.parent / "photos" / "p0_1.jpg"
+    proc = gtloc("search", results, "--model", trained_checkpoint, "--like", like, "--month", "6-8", "--top", 3)
+    assert proc.returncode == 0, proc.stderr
+    same_place = json.loads(proc.stdout)
+    assert same_place["query"]["kind"] == "photo+time" and "p0_1.jpg" not in _names(same_place)
+    assert "same place as the query photo" in proc.stderr  # notes go to stderr as one line each
     proc = gtloc("search", results, "--model", trained_checkpoint, "--near", "48.8,2.3", "--month", "11-2",
                  "--hour", "22-3", "--top", 4, "--out", results)  # added to the results GeoPackage itself
     assert proc.returncode == 0, proc.stderr

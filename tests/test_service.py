@@ -227,6 +227,23 @@ def test_predict_sends_progress_then_a_summary_and_writes_the_geopackage(worker,
     assert reply["result"]["n_skipped"] == 2 and reply["result"]["n_done"] == 0
 
 
+def test_predict_given_a_known_time_and_a_bad_one(worker, model_path, toy_photos, tmp_path, constants_cache):
+    import geopandas as gpd
+
+    out = tmp_path / "given.gpkg"
+    worker.read()
+    params = {"model": str(model_path), "photos": [str(toy_photos[0])], "out_gpkg": str(out),
+              "cache_dir": str(constants_cache)}
+    worker.send({"id": "bad", "method": "predict", "params": {**params, "time": "yesterday at noon"}})
+    _, reply = worker.until_final("bad", timeout=300)
+    assert reply["type"] == "error" and reply["error"]["code"] == "bad_input" and "yesterday" in reply["error"]["message"]
+    worker.send({"id": "t", "method": "predict", "params": {**params, "time": "2021:07:01 12:00:00"}})
+    _, reply = worker.until_final("t", timeout=300)
+    assert reply["type"] == "result", reply
+    rows = gpd.read_file(out, layer="photos")
+    assert rows["place_given"].tolist() == ["image+time"] and rows["given_time_local"].tolist() == ["2021-07-01T12:00:00"]
+
+
 @pytest.mark.slow
 def test_cancel_stops_a_running_predict_between_batches(worker, model_path, toy_photos, tmp_path, constants_cache):
     photos = [str(p) for p in toy_photos[:60]]
