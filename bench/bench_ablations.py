@@ -33,7 +33,7 @@ from gtloc_engine.model.config import preset  # noqa: E402
 from gtloc_engine.synth import write_dataset  # noqa: E402
 from gtloc_engine.synth.solar import solar_position  # noqa: E402
 from gtloc_engine.timecode import parse_time  # noqa: E402
-from gtloc_engine.training.data import read_manifest  # noqa: E402
+from gtloc_engine.records import read_manifest  # noqa: E402
 from gtloc_engine.training.regression_baseline import RegressionTrainer  # noqa: E402
 from gtloc_engine.training.trainer import MODEL_FILE, TrainConfig, Trainer  # noqa: E402
 

@@ -86,25 +86,40 @@ def _time_gallery(args):
     return read_time_gallery(args.time_gallery) if args.time_gallery else None
 
 
+def request_params(args, method: str) -> dict:
+    """The engine's parameters of `method` (gtloc_engine/protocol.py, the worker's too) from the options that carry
+    them: each such option's dest is the parameter's name. predict's --out is out_gpkg when it names a GeoPackage
+    (any other name is the CLI's own JSON file)."""
+    from gtloc_engine.protocol import PARAMS
+
+    params = {row.name: getattr(args, row.name) for row in PARAMS[method] if getattr(args, row.name, None) is not None}
+    if method == "predict" and args.out and args.out.lower().endswith(".gpkg"):
+        params["out_gpkg"] = args.out
+    return params
+
+
 def cmd_predict(args) -> int:
     from gtloc_engine.model.backbone import set_cpu_threads
+    from gtloc_engine.protocol import PredictParams
 
     set_cpu_threads(args.threads)
-    if args.out and args.out.lower().endswith(".gpkg"):
-        return _predict_to_geopackage(args)
-    if args.rasters:
-        raise GtlocError("--rasters needs --out RESULTS.gpkg (the GeoPackage records where each raster went)")
+    request = PredictParams.from_params(request_params(args, "predict"), json_output=True)
+    if request.out_gpkg is not None:
+        return _predict_to_geopackage(request, args)
     from gtloc_engine.inference.predictor import Predictor
+    from gtloc_engine.io.galleries import read_time_gallery
     from gtloc_engine.io.photos import iter_photo_paths
     from gtloc_engine.model.checkpoint import load_checkpoint
 
-    model = load_checkpoint(args.model)
-    model.backbone.set_precision(args.precision).set_tencrop(args.tencrop)
-    predictor = Predictor(model, gallery_latlon_deg=_place_gallery(args), time_gallery_fields=_time_gallery(args))
-    paths = iter_photo_paths(args.photos)
+    model = load_checkpoint(request.model)
+    model.backbone.set_precision(args.precision).set_tencrop(request.tencrop)
+    time_gallery = read_time_gallery(request.time_gallery) if request.time_gallery else None
+    predictor = Predictor(model, time_gallery_fields=time_gallery, global_res_deg=request.res_deg)
+    paths = iter_photo_paths(request.photos)
     if not paths:
-        raise GtlocError(f"no photos found in {' '.join(args.photos)}")
-    results = predictor.predict_photos(paths, top_k=args.top_k, batch_size=args.batch_size, given_time=args.time)
+        raise GtlocError(f"no photos found in {' '.join(request.photos)}")
+    results = predictor.predict_photos(paths, top_k=request.top_k, batch_size=request.batch_size,
+                                       given_time=request.time)
     for r in results:
         if "error" in r:
             print(f"gtloc: error: {r['error']}", file=sys.stderr)
@@ -112,17 +127,16 @@ def cmd_predict(args) -> int:
     return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
 
 
-def _predict_to_geopackage(args) -> int:
+def _predict_to_geopackage(request, args) -> int:
     """Photos -> results GeoPackage with a progress bar; Ctrl-C stops after the current batch and keeps the work."""
     import signal
     import threading
 
     from tqdm import tqdm
 
-    from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig
     from gtloc_engine.io.geopackage import check_results_path
 
-    check_results_path(args.out)  # before the model loads: a wrong --out should cost no time
+    check_results_path(request.out_gpkg)  # before the model loads: a wrong --out should cost no time
     cancel = threading.Event()
 
     def on_interrupt(signum, frame):
@@ -141,11 +155,10 @@ def _predict_to_geopackage(args) -> int:
         bar.refresh()
 
     try:
-        pipeline = PhotoPipeline(args.model, top_k=args.top_k, config=PipelineConfig(global_res_deg=args.res_deg),
-                                 time_gallery_fields=_time_gallery(args))
-        pipeline.model.backbone.set_precision(args.precision).set_tencrop(args.tencrop)
-        summary = pipeline.run(args.photos, args.out, rasters_dir=args.rasters, batch_size=args.batch_size,
-                               progress=progress, cancel=cancel, given_time=args.time)
+        pipeline = request.pipeline(precision=args.precision)
+        summary = pipeline.run(list(request.photos), request.out_gpkg, rasters_dir=request.rasters_dir,
+                               batch_size=request.batch_size, progress=progress, cancel=cancel,
+                               given_time=request.time)
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
@@ -202,11 +215,13 @@ def cmd_info(args) -> int:
 
     from gtloc_engine.io.photos import file_sha256
     from gtloc_engine.model.checkpoint import read_header
+    from gtloc_engine.protocol import InfoParams
 
-    header = read_header(args.model)
-    with safe_open(str(args.model), framework="pt") as f:
+    model = InfoParams.from_params(request_params(args, "info")).model
+    header = read_header(model)
+    with safe_open(str(model), framework="pt") as f:
         n_values = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-    header["file"] = {"path": str(args.model), "sha256": file_sha256(args.model), "stored_values": n_values}
+    header["file"] = {"path": str(model), "sha256": file_sha256(model), "stored_values": n_values}
     _write_json(header, None)
     return EXIT_OK
 
@@ -215,7 +230,7 @@ def cmd_eval(args) -> int:
     from gtloc_engine.evaluation.runner import evaluate_records, markdown_table
     from gtloc_engine.inference.predictor import Predictor
     from gtloc_engine.model.checkpoint import load_checkpoint
-    from gtloc_engine.training.data import read_manifest
+    from gtloc_engine.records import read_manifest
 
     records = [r for r in read_manifest(args.manifest) if args.split in (None, "all") or r.split == args.split]
     if not records:
@@ -293,37 +308,35 @@ def cmd_serve(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from gtloc_engine.inference.search import (CollectionSearch, SearchConfig, SearchQuery, TimeWindow,
-                                               local_wall_clock, write_results_gpkg)
+    from gtloc_engine.inference.search import CollectionSearch, write_search_output
+    from gtloc_engine.protocol import SearchParams
 
-    if args.out and not args.out.lower().endswith((".json", ".gpkg")):
-        raise GtlocError(f"--out {args.out} must end in .json or .gpkg")
-    window = TimeWindow.parse(args.month, args.hour) if (args.month or args.hour) else None
-    query = SearchQuery(near_latlon_deg=args.near, window=window, like_photo=args.like, text=args.text,
-                        radius_km=args.radius_km, within=args.within, within_layer=args.within_layer,
-                        claimed_after=local_wall_clock(args.claimed_after) if args.claimed_after else None,
-                        claimed_before=local_wall_clock(args.claimed_before) if args.claimed_before else None,
-                        top_k=args.top).validate()
-    config = SearchConfig(pooling=args.pooling, point_source=args.point_source)
-    output = CollectionSearch(args.gpkg, args.model, config=config).search(query)
+    request = SearchParams.from_params(request_params(args, "search"))
+    output = CollectionSearch(request.gpkg, request.model, config=request.config).search(request.query)
     for note in output["notes"]:
         print(f"gtloc: note: {note}", file=sys.stderr)
-    if args.out and args.out.lower().endswith(".gpkg"):
-        write_results_gpkg(args.out, output)
-        print(json.dumps({"out": args.out, "layer": "search_results", "n_results": len(output["results"])}))
+    if request.out is None:
+        _write_json(output, None)
+    elif request.out.suffix.lower() == ".gpkg":
+        write_search_output(request.out, output)
+        print(json.dumps({"out": str(request.out), "layer": "search_results", "n_results": len(output["results"])}))
     else:
-        _write_json(output, args.out)
+        write_search_output(request.out, output)
     return EXIT_OK
 
 
-def _add_gallery_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gallery", help="GPS gallery for the JSON places and the metrics: .npy (N, 2) lat/lon or a "
-                        "LAT,LON .csv (default: the checkpoint's own)")
-    parser.add_argument("--time-gallery", help=".npy (N, 5) local month, day, hour, minute, second rows to score "
-                        "instead of the uniform month x hour grid (e.g. the authors' cvt.npy, which you bring)")
+TIME_GALLERY_HELP = (".npy (N, 5) local month, day, hour, minute, second rows to score instead of the uniform month x "
+                     "hour grid (e.g. the authors' cvt.npy, which you bring)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of predict, search and info whose dest is a name of gtloc_engine/protocol.py's PARAMS carry that
+    parameter (request_params); their defaults are the table's, so the CLI and the worker agree."""
+    from gtloc_engine.protocol import param
+
+    def default(method: str, name: str):
+        return param(method, name).default
+
     p = argparse.ArgumentParser(prog="gtloc", description="Where and when was this photo taken? (GT-Loc engine)")
     p.add_argument("--version", action="version", version=f"gtloc {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -363,22 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "a GeoPackage with claim checks and credible regions (--out X.gpkg)")
     pr.add_argument("photos", nargs="+", help="photo files or folders")
     pr.add_argument("--model", required=True, help="gtloc checkpoint (.safetensors)")
-    pr.add_argument("--top-k", type=int, default=5)
-    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--top-k", type=int, help=f"places per photo (default {default('predict', 'top_k')})")
+    pr.add_argument("--batch-size", type=int,
+                    help=f"photos per forward pass (default {default('predict', 'batch_size')})")
     pr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="image backbone weights: bf16 is 2-2.5x faster on CPUs with AVX512-BF16/AMX (cosine > 0.999)")
     pr.add_argument("--threads", type=int, help="torch CPU threads (default: one per physical core)")
     pr.add_argument("--out", help="RESULTS.gpkg: a GeoPackage (photos, candidates, regions, failures; re-runs "
                     "resume); any other name: the JSON, written there instead of stdout")
-    pr.add_argument("--rasters", help="with --out X.gpkg: also write each photo's global and regional "
-                    "probability GeoTIFFs into this folder")
-    pr.add_argument("--res-deg", type=float, default=0.25, help="with --out X.gpkg: cell size of the global "
-                    "surface and its credible regions (0.25 default; 0.5 or 1 is faster and coarser)")
+    pr.add_argument("--rasters", dest="rasters_dir", help="with --out X.gpkg: also write each photo's global and "
+                    "regional probability GeoTIFFs into this folder")
+    pr.add_argument("--res-deg", type=float, help="cell size of the global surface whose modes are the top-k places, "
+                    f"and of its credible regions ({default('predict', 'res_deg')} default; 0.5 or 1 is faster and "
+                    "coarser)")
     pr.add_argument("--time", help="a known local capture time (ISO 8601, e.g. 2024-07-14T18:30, or EXIF form): "
                     "predict each photo's place given it (where given when, the it2g head)")
-    pr.add_argument("--tencrop", action="store_true",
+    pr.add_argument("--tencrop", action="store_true", default=None,
                     help="average ten crops per photo, as the authors' evaluation (10x the backbone cost)")
-    _add_gallery_options(pr)
+    pr.add_argument("--time-gallery", help=TIME_GALLERY_HELP)
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 
@@ -397,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="train, val, test, or all (default test)")
     ev.add_argument("--out", help="write the metrics JSON here instead of stdout")
     ev.add_argument("--tencrop", action="store_true", help="average ten crops per photo, as the authors' eval")
-    _add_gallery_options(ev)
+    ev.add_argument("--gallery", help="GPS gallery the geolocation metrics take the argmax over: .npy (N, 2) lat/lon "
+                    "or a LAT,LON .csv (default: the checkpoint's own)")
+    ev.add_argument("--time-gallery", help=TIME_GALLERY_HELP)
     ev.set_defaults(func=cmd_eval)
 
     sy = sub.add_parser("synth", help="write a SunWorld dataset: JPEGs with EXIF + manifest.csv")
@@ -430,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     ia.set_defaults(func=cmd_import_gtloc)
 
     i = sub.add_parser("info", help="print a checkpoint's header: config, heads, versions, sha256")
-    i.add_argument("model")
+    i.add_argument("model", help="gtloc checkpoint (.safetensors)")
     i.set_defaults(func=cmd_info)
 
     se = sub.add_parser("search", help="photos of a results GeoPackage that match a place, a time window, a photo "
@@ -449,11 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--within-layer", help="the layer of the --within file to use (default: its first)")
     se.add_argument("--claimed-after", help="keep photos whose claimed local time is at or after this")
     se.add_argument("--claimed-before", help="keep photos whose claimed local time is before this")
-    se.add_argument("--point-source", choices=["point", "claim", "prediction"], default="point",
-                    help="the place the filters test: claim if any else prediction (point), or only one of them")
-    se.add_argument("--pooling", choices=["max", "mean"], default="max",
-                    help="score over a time window's grid: best-matching time (max) or the average (mean)")
-    se.add_argument("--top", type=int, default=10, help="number of results")
+    se.add_argument("--point-source", help="the place the filters test: point (the claimed place if any, else the "
+                    "predicted one), claim or prediction (only that one); default "
+                    f"{default('search', 'point_source')}")
+    se.add_argument("--pooling", help="score over a time window's grid: max (the best-matching time) or mean (the "
+                    f"average); default {default('search', 'pooling')}")
+    se.add_argument("--top", dest="top_k", type=int, metavar="K",
+                    help=f"number of results (default {default('search', 'top_k')})")
     se.add_argument("--out", help="results.json, or results.gpkg (layer search_results, added to an existing file)")
     se.set_defaults(func=cmd_search)
 

@@ -19,7 +19,7 @@ from gtloc_engine.inference.predictor import Predictor
 from gtloc_engine.io.atomic import atomic_write
 from gtloc_engine.model.checkpoint import load_checkpoint
 from gtloc_engine.model.config import preset
-from gtloc_engine.training.data import read_manifest
+from gtloc_engine.records import read_manifest
 from gtloc_engine.training.trainer import MODEL_FILE, TrainConfig, Trainer
 
 log = logging.getLogger(__name__)

@@ -3,9 +3,10 @@
 One JSON object per line each way (docs/protocol.md is the reference). The worker writes a `hello` line first,
 then answers requests `{"id", "method", "params"}` with `progress`, `result` or `error` lines carrying the same id.
 Requests are read on their own thread so that `cancel` and `shutdown` arrive while a prediction runs; jobs run one
-at a time in arrival order. Any failure becomes an `error` line and the worker stays alive. Only protocol lines go
-to stdout: everything else (prints, logging, C libraries writing to fd 1) is sent to stderr. Paths in, paths out:
-no pixels cross the pipe. The worker opens no network port.
+at a time in arrival order. Parameters are parsed by gtloc_engine/protocol.py, the table the CLI and the plugin's
+client share; hello lists each method's parameter names. Any failure becomes an `error` line and the worker stays
+alive. Only protocol lines go to stdout: everything else (prints, logging, C libraries writing to fd 1) is sent to
+stderr. Paths in, paths out: no pixels cross the pipe. The worker opens no network port.
 
     PROTOCOL_VERSION      the protocol's version, sent in the hello line; bumped on any incompatible change
     METHODS               the methods this worker answers
@@ -29,6 +30,7 @@ from typing import Any, TextIO
 
 from gtloc_engine import __version__
 from gtloc_engine.errors import GtlocError
+from gtloc_engine.protocol import PARAMS, InfoParams, ParamError, PredictParams, SearchParams
 
 log = logging.getLogger("gtloc.service")
 
@@ -75,7 +77,7 @@ class Worker:
     def run(self) -> int:
         """Say hello, then run jobs on this thread while a reader thread takes requests; 0 when stopped."""
         self.send({"type": "hello", "protocol": PROTOCOL_VERSION, "engine_version": __version__,
-                   "methods": list(METHODS), "pid": os.getpid()})
+                   "methods": list(METHODS), "params": _method_params(), "pid": os.getpid()})
         reader = threading.Thread(target=self._read_loop, name="gtloc-request-reader", daemon=True)
         reader.start()
         while True:
@@ -155,7 +157,7 @@ class Worker:
             handler: Callable[[Any, dict, threading.Event], dict] = getattr(self, f"_do_{method}")
             result = handler(request_id, params, cancel)
             self.send({"id": request_id, "type": "result", "result": result})
-        except RequestError as exc:
+        except (RequestError, ParamError) as exc:
             self._error(request_id, exc.code, str(exc))
         except GtlocError as exc:
             self._error(request_id, "bad_input", str(exc))
@@ -166,124 +168,89 @@ class Worker:
             with self._state_lock:
                 self._cancel_events.pop(request_id, None)
 
-    # -- methods ------------------------------------------------------------------------------------------------
+    # -- methods: each parses its params with gtloc_engine.protocol ---------------------------------------------
     def _do_info(self, request_id, params: dict, cancel: threading.Event) -> dict:
         from gtloc_engine.io.photos import PHOTO_SUFFIXES
 
+        request = InfoParams.from_params(params)
         info = {"engine_version": __version__, "protocol": PROTOCOL_VERSION, "methods": list(METHODS),
-                "photo_suffixes": sorted(PHOTO_SUFFIXES), "python": sys.executable}
-        if params.get("model") is not None:
+                "params": _method_params(), "photo_suffixes": sorted(PHOTO_SUFFIXES), "python": sys.executable}
+        if request.model is not None:
             from gtloc_engine.io.photos import file_sha256
             from gtloc_engine.model.checkpoint import read_header
 
-            model = _path_param(params, "model")
-            info["model"] = {"path": str(model), "sha256": file_sha256(model), "header": read_header(model)}
+            header = read_header(request.model)  # first: a missing or foreign file is named as a checkpoint
+            info["model"] = {"path": str(request.model), "sha256": file_sha256(request.model), "header": header}
         return info
 
     def _do_predict(self, request_id, params: dict, cancel: threading.Event) -> dict:
-        photos = params.get("photos")
-        if not isinstance(photos, list) or not photos or not all(isinstance(p, str) for p in photos):
-            raise RequestError("bad_request", "predict needs 'photos': a non-empty list of file or folder paths")
-        model, out_gpkg = _path_param(params, "model"), _path_param(params, "out_gpkg")
-        rasters_dir = _path_param(params, "rasters_dir") if params.get("rasters_dir") is not None else None
-        top_k = _int_param(params, "top_k", 5)
-        batch_size = _int_param(params, "batch_size", 16)
-        pipeline = self._pipeline(model, top_k, params.get("cache_dir"))
+        request = PredictParams.from_params(params)
+        pipeline = self._pipeline(request)
 
         def progress(done: int, total: int) -> None:
             self.send({"id": request_id, "type": "progress", "done": int(done), "total": int(total)})
 
-        summary = pipeline.run(photos, out_gpkg, rasters_dir=rasters_dir, batch_size=batch_size,
-                               progress=progress, cancel=cancel, given_time=_str_param(params, "time"))
+        summary = pipeline.run(list(request.photos), request.out_gpkg, rasters_dir=request.rasters_dir,
+                               batch_size=request.batch_size, progress=progress, cancel=cancel,
+                               given_time=request.time)
         return summary.to_json()
 
     def _do_search(self, request_id, params: dict, cancel: threading.Event) -> dict:
-        from gtloc_engine.inference.search import SearchQuery, TimeWindow, write_results_gpkg
+        from gtloc_engine.inference.search import write_search_output
 
-        gpkg, model = _path_param(params, "gpkg"), _path_param(params, "model")
-        near = params.get("near")
-        if near is not None and not (isinstance(near, list) and len(near) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in near)):
-            raise RequestError("bad_request", f"'near' must be [lat_deg, lon_deg], got {near!r}")
-        radius_km = params.get("radius_km")
-        if radius_km is not None and (not isinstance(radius_km, (int, float)) or isinstance(radius_km, bool)):
-            raise RequestError("bad_request", f"'radius_km' must be a number of km, got {radius_km!r}")
-        month, hour, like, text, within, out = (_str_param(params, name) for name in
-                                                ("month", "hour", "like", "text", "within", "out"))
-        if out is not None and not out.lower().endswith((".json", ".gpkg")):
-            raise RequestError("bad_request", f"'out' {out} must end in .json or .gpkg")
-        window = TimeWindow.parse(month, hour) if (month or hour) else None
-        query = SearchQuery(near_latlon_deg=tuple(float(v) for v in near) if near is not None else None,
-                            window=window, like_photo=like, text=text,
-                            radius_km=float(radius_km) if radius_km is not None else None, within=within,
-                            within_layer=_str_param(params, "within_layer"),
-                            top_k=_int_param(params, "top_k", 10)).validate()
-        output = self._searcher(gpkg, model).search(query)
-        if out is not None and out.lower().endswith(".gpkg"):
-            write_results_gpkg(out, output)
-        elif out is not None:
-            from gtloc_engine.io.atomic import atomic_write
+        request = SearchParams.from_params(params)
+        output = self._searcher(request).search(request.query)
+        if request.out is not None:
+            write_search_output(request.out, output)
+        return {**output, "out": None if request.out is None else str(request.out)}
 
-            text_out = json.dumps(output, indent=2, ensure_ascii=False) + "\n"
-            atomic_write(Path(out), lambda tmp: tmp.write_text(text_out, encoding="utf-8"))
-        return {**output, "out": out}
-
-    def _searcher(self, gpkg: Path, model: Path):
-        """One CollectionSearch per (GeoPackage version, checkpoint version); a pipeline's loaded model is reused."""
+    def _searcher(self, request):
+        """One CollectionSearch per (GeoPackage version, checkpoint version, settings); a model already loaded by
+        another search or by a pipeline that embeds photos as a search does (one centre crop) is reused."""
         from gtloc_engine.inference.search import CollectionSearch
 
-        key = (_file_version(gpkg, "results GeoPackage", "choose a GeoPackage written by gtloc predict"),
-               _file_version(model, "model", "choose a gtloc .safetensors checkpoint"))
+        model_version = _file_version(request.model, "model", "choose a gtloc .safetensors checkpoint")
+        key = (_file_version(request.gpkg, "results GeoPackage", "choose a GeoPackage written by gtloc predict"),
+               model_version, request.config)
         if key not in self._searchers:
-            loaded = next((p.model for k, p in reversed(self._pipelines.items()) if k[:3] == key[1]), None)
-            self._searchers[key] = CollectionSearch(gpkg, model, model=loaded)
+            loaded = next((s.model for k, s in reversed(self._searchers.items()) if k[1] == model_version), None)
+            if loaded is None:
+                loaded = next((p.model for k, p in reversed(self._pipelines.items())
+                               if k[0] == model_version and not k[-1]), None)
+            self._searchers[key] = CollectionSearch(request.gpkg, request.model, config=request.config, model=loaded)
             while len(self._searchers) > _PIPELINES_KEPT:
                 self._searchers.popitem(last=False)
         self._searchers.move_to_end(key)
         return self._searchers[key]
 
-    def _pipeline(self, model: Path, top_k: int, cache_dir: str | None):
-        """One PhotoPipeline per (checkpoint file version, top_k, cache): the model loads once per session."""
-        key = (*_file_version(model, "model", "choose a gtloc .safetensors checkpoint"), top_k, cache_dir)
+    def _pipeline(self, request):
+        """One PhotoPipeline per (checkpoint file version, settings that shape the pipeline): the model loads once
+        per session. The key ends with tencrop, which _searcher reads."""
+        model_version = _file_version(request.model, "model", "choose a gtloc .safetensors checkpoint")
+        time_gallery = None if request.time_gallery is None else _file_version(
+            request.time_gallery, "time gallery", "choose a .npy file of (N, 5) local times")
+        key = (model_version, request.top_k, request.cache_dir, request.res_deg, time_gallery, request.tencrop)
         if key not in self._pipelines:
-            from gtloc_engine.inference.pipeline import PhotoPipeline
-
-            self._pipelines[key] = PhotoPipeline(key[0], top_k=top_k, cache_dir=cache_dir)
+            self._pipelines[key] = request.pipeline()
             while len(self._pipelines) > _PIPELINES_KEPT:
                 self._pipelines.popitem(last=False)
         self._pipelines.move_to_end(key)
         return self._pipelines[key]
 
 
-def _path_param(params: dict, name: str) -> Path:
-    value = params.get(name)
-    if not isinstance(value, str) or not value:
-        raise RequestError("bad_request", f"'{name}' must be a file path (a non-empty string)")
-    return Path(value)
-
-
-def _str_param(params: dict, name: str) -> str | None:
-    value = params.get(name)
-    if value is not None and not isinstance(value, str):
-        raise RequestError("bad_request", f"'{name}' must be a string, got {value!r}")
-    return value or None
+def _method_params() -> dict[str, list[str]]:
+    """Each method's parameter names (hello and info list them, so a client can tell what this engine takes)."""
+    return {method: [row.name for row in rows] for method, rows in PARAMS.items()}
 
 
 def _file_version(path: Path, what: str, hint: str) -> tuple:
     """(resolved path, mtime_ns, size): a changed file is a new version, so cached work on it is dropped."""
-    path = path.resolve()
+    path = Path(path).resolve()
     try:
         stat = path.stat()
     except OSError:
         raise GtlocError(f"{what} {path} not found; {hint}") from None
     return str(path), stat.st_mtime_ns, stat.st_size
-
-
-def _int_param(params: dict, name: str, default: int) -> int:
-    value = params.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise RequestError("bad_request", f"'{name}' must be a positive integer, got {value!r}")
-    return value
 
 
 def serve_stdio() -> int:

@@ -11,7 +11,8 @@ request goes quiet for too long. One shared client per QGIS session keeps one mo
     find_engine(configured) the configured engine, else $GTLOC_ENGINE, else `gtloc` on PATH
     clean_environment()     the environment the worker gets: the host's basics without QGIS's Python and Qt paths
     EngineClient            start/request/stop; request() blocks, reports progress and honours cancel;
-                            predict() and search() are the protocol's predict and search requests
+                            info(), predict() and search() are the protocol's methods, typed (the plugin
+                            calls only these)
     shared_client()         the session's client, built from the plugin settings; shutdown_shared() stops it
 """
 
@@ -225,22 +226,25 @@ class EngineClient:
             with self._lock:
                 self._pending.pop(request_id, None)
 
+    # -- the protocol's methods (docs/protocol.md; the names are the engine's, gtloc_engine/protocol.py) ---------
+    def info(self, model: str | None = None, *, idle_timeout_s: float | None = None) -> dict:
+        """The protocol's `info`: engine version, protocol, methods, parameters, photo suffixes, the worker's Python;
+        with `model`, that checkpoint's path, sha256 and header (config, heads_trained, versions)."""
+        return self._call("info", _params(model=_text(model)), idle_timeout_s=idle_timeout_s)
+
     def predict(self, model: str, photos: list[str], out_gpkg: str, *, rasters_dir: str | None = None,
                 top_k: int = 5, batch_size: int | None = None, cache_dir: str | None = None, time: str | None = None,
+                res_deg: float | None = None, time_gallery: str | None = None, tencrop: bool | None = None,
                 on_progress: Callable[[int, int], None] | None = None,
                 is_cancelled: Callable[[], bool] | None = None) -> dict:
-        """The protocol's `predict` (docs/protocol.md): photo files and/or folders -> a results GeoPackage; returns
-        the engine's summary. `time`: a known local capture time (ISO 8601 or EXIF form): every photo's place is
-        predicted given it (where given when); None: from the image alone."""
-        params: dict = {"model": str(model), "photos": [str(p) for p in photos], "out_gpkg": str(out_gpkg),
-                        "rasters_dir": None if rasters_dir in (None, "") else str(rasters_dir), "top_k": int(top_k)}
-        if batch_size is not None:
-            params["batch_size"] = int(batch_size)
-        if cache_dir not in (None, ""):
-            params["cache_dir"] = str(cache_dir)
-        if time not in (None, ""):
-            params["time"] = str(time)
-        summary = self.request("predict", params, on_progress=on_progress, is_cancelled=is_cancelled)
+        """The protocol's `predict`: photo files and/or folders -> a results GeoPackage; returns the engine's
+        summary. `time`: a known local capture time (ISO 8601 or EXIF form): every photo's place is predicted given
+        it (where given when); None: from the image alone. None elsewhere: the engine's default."""
+        params = _params(model=str(model), photos=[str(p) for p in photos], out_gpkg=str(out_gpkg),
+                         rasters_dir=_text(rasters_dir), top_k=int(top_k), batch_size=_int(batch_size),
+                         cache_dir=_text(cache_dir), time=_text(time), res_deg=_float(res_deg),
+                         time_gallery=_text(time_gallery), tencrop=tencrop)
+        summary = self._call("predict", params, on_progress=on_progress, is_cancelled=is_cancelled)
         if "time" in params and not _has_column(summary.get("out_gpkg", out_gpkg), "photos", "given_time_local"):
             # An engine from before `time` ignores the parameter: its places are from the image alone.
             hello = self._hello or {}
@@ -251,22 +255,35 @@ class EngineClient:
 
     def search(self, gpkg: str, model: str, *, near_latlon_deg: tuple[float, float] | None = None,
                radius_km: float | None = None, month: str | None = None, hour: str | None = None,
-               like: str | None = None, text: str | None = None, within: str | None = None, top_k: int = 10,
-               out: str | None = None, is_cancelled: Callable[[], bool] | None = None) -> dict:
-        """The protocol's `search` (docs/protocol.md): photos of a results GeoPackage matching a place and/or
-        month/hour windows ('11-2', '22-3'), a photo or a text; returns the engine's result dict."""
+               like: str | None = None, text: str | None = None, within: str | None = None,
+               within_layer: str | None = None, claimed_after: str | None = None, claimed_before: str | None = None,
+               pooling: str | None = None, point_source: str | None = None, top_k: int = 10, out: str | None = None,
+               is_cancelled: Callable[[], bool] | None = None) -> dict:
+        """The protocol's `search`: photos of a results GeoPackage matching a place and/or month/hour windows
+        ('11-2', '22-3'), a photo or a text, filtered by a radius around the place, a polygon file (and its layer),
+        a claimed local time range; returns the engine's result dict. None: not given (the engine's default)."""
+        near = None if near_latlon_deg is None else [float(near_latlon_deg[0]), float(near_latlon_deg[1])]
+        params = _params(gpkg=str(gpkg), model=str(model), near=near, radius_km=_float(radius_km), month=_text(month),
+                         hour=_text(hour), like=_text(like), text=_text(text), within=_text(within),
+                         within_layer=_text(within_layer), claimed_after=_text(claimed_after),
+                         claimed_before=_text(claimed_before), pooling=_text(pooling),
+                         point_source=_text(point_source), top_k=int(top_k), out=_text(out))
+        return self._call("search", params, is_cancelled=is_cancelled)
+
+    def _call(self, method: str, params: dict, **request_options) -> dict:
+        """request() after checking that this engine answers `method` and takes every parameter sent (an engine
+        that ignored one would answer another question); engines from before the hello listed parameters are
+        trusted with their methods."""
         hello = self.start()
-        if "search" not in hello.get("methods", []):
-            raise EngineError("unknown_method", f"this gtloc engine ({hello.get('engine_version')}) cannot search: "
+        if method not in hello.get("methods", []):
+            raise EngineError("unknown_method", f"this gtloc engine ({hello.get('engine_version')}) cannot {method}: "
                                                 "update the engine")
-        params = {"gpkg": str(gpkg), "model": str(model), "top_k": int(top_k)}
-        if near_latlon_deg is not None:
-            params["near"] = [float(near_latlon_deg[0]), float(near_latlon_deg[1])]
-        for name, value in (("radius_km", radius_km), ("month", month), ("hour", hour), ("like", like),
-                            ("text", text), ("within", within), ("out", out)):
-            if value not in (None, ""):
-                params[name] = str(value) if name != "radius_km" else float(value)
-        return self.request("search", params, is_cancelled=is_cancelled)
+        known = (hello.get("params") or {}).get(method)
+        unknown = sorted(set(params) - set(known)) if known is not None else []
+        if unknown:
+            raise EngineError("protocol", f"this gtloc engine ({hello.get('engine_version')}) does not take "
+                                          f"{', '.join(unknown)} for {method}: update the engine")
+        return self.request(method, params, **request_options)
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _send(self, message: dict, proc: subprocess.Popen) -> None:
@@ -329,6 +346,23 @@ class EngineClient:
                 except (OSError, ValueError):
                     pass
         self._proc, self._hello = None, None
+
+
+def _params(**values) -> dict:
+    """The parameters given: None means not given (the engine's default; _text maps empty text to None)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _text(value) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+def _int(value) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _has_column(gpkg: str, table: str, column: str) -> bool:

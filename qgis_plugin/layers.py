@@ -8,6 +8,8 @@
     gtloc_layers(project)      the session's gtloc layers (tagged with the custom property gtloc/kind)
     style_likelihood(raster)   pseudocolour, low values transparent
     time_posterior(feature)    the 12x24 month x hour probabilities stored on a photo feature, or None
+
+Layer, field and verdict names come from results_schema (the plugin's copy of the engine's schema).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from qgis.core import (
     QgsRasterShader,
     QgsRendererCategory,
     QgsSingleBandPseudoColorRenderer,
-    QgsUnitTypes,
     QgsVectorLayer,
     QgsVectorLayerTemporalProperties,
     QgsVirtualLayerDefinition,
@@ -39,14 +40,20 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from . import results_schema as rs
+
 KIND_PROPERTY = "gtloc/kind"  # photos | claims | candidates | regions | likelihood
 SOURCE_PROPERTY = "gtloc/source"  # the GeoPackage the layer came from
-VERDICT_COLOURS = {"consistent": "#1a9641", "doubtful": "#f4a30b", "inconsistent": "#d7191c", "no claim": "#8c8c8c"}
-REGION_COLOURS = {0.5: "#3b0f70", 0.9: "#8c2981"}
+VERDICT_COLOURS = dict(zip(rs.VERDICTS, ("#1a9641", "#f4a30b", "#d7191c", "#8c8c8c")))  # consistent ... no claim
+REGION_COLOURS = dict(zip(rs.DEFAULT_CREDIBLE_LEVELS, ("#3b0f70", "#8c2981")))  # 50%, 90%
 # Pseudocolour stops as fractions of the raster's maximum; cells below the first stop stay transparent so only
 # the likely places show over the base map.
 LIKELIHOOD_STOPS = ((0.02, "#fde72500"), (0.05, "#fde725b4"), (0.3, "#f98e09dc"), (1.0, "#bc3754ff"))
-TEMPORAL_DURATION_HOURS = 1  # how long a photo stays visible in the Temporal Controller around its map_time
+TEMPORAL_DURATION_HOURS = 1  # how long a photo stays visible in the Temporal Controller from its local time
+# The Temporal Controller plays photos through their LOCAL day: map_time_local is the local wall clock (text);
+# map_time is UTC and null where the UTC offset is unknown, so it would misplace or drop photos.
+TEMPORAL_START_EXPRESSION = f'to_datetime("{rs.MAP_TIME_LOCAL}")'
+TEMPORAL_END_EXPRESSION = f'{TEMPORAL_START_EXPRESSION} + make_interval(hours:={TEMPORAL_DURATION_HOURS})'
 
 
 @dataclass
@@ -66,35 +73,38 @@ def load_prediction(gpkg: str | Path) -> PredictionLayers:
     """Open one results GeoPackage and its rasters, styled; raises ValueError naming the file if it is not one."""
     gpkg = str(gpkg)
     vectors = {}
-    for name in ("photos", "candidates", "regions"):
+    for name in (rs.PHOTOS_LAYER, rs.CANDIDATES_LAYER, rs.REGIONS_LAYER):
         layer = QgsVectorLayer(f"{gpkg}|layername={name}", name, "ogr")
         if not layer.isValid():
             raise ValueError(f"{gpkg} has no readable '{name}' layer: is it a gtloc results GeoPackage?")
         _tag(layer, name, gpkg)
         vectors[name] = layer
-    style_photos(vectors["photos"])
-    style_candidates(vectors["candidates"])
-    style_regions(vectors["regions"])
-    set_temporal(vectors["photos"])
+    photos, candidates, regions = (vectors[rs.PHOTOS_LAYER], vectors[rs.CANDIDATES_LAYER],
+                                   vectors[rs.REGIONS_LAYER])
+    style_photos(photos)
+    style_candidates(candidates)
+    style_regions(regions)
+    set_temporal(photos)
     claims = claim_lines(gpkg)
     rasters = []
-    for path in raster_paths(vectors["photos"]):
+    for path in raster_paths(photos):
         raster = QgsRasterLayer(path, f"likelihood {Path(path).stem}", "gdal")
         if raster.isValid():
             style_likelihood(raster)
             _tag(raster, "likelihood", gpkg)
             rasters.append(raster)
-    return PredictionLayers(gpkg, vectors["photos"], claims, vectors["candidates"], vectors["regions"], rasters)
+    return PredictionLayers(gpkg, photos, claims, candidates, regions, rasters)
 
 
 def claim_lines(gpkg: str) -> QgsVectorLayer:
     """A virtual layer over the GeoPackage (it follows re-runs): claimed place -> predicted place, by verdict."""
     definition = QgsVirtualLayerDefinition()
-    definition.addSource("photos", f"{gpkg}|layername=photos", "ogr")
+    definition.addSource(rs.PHOTOS_LAYER, f"{gpkg}|layername={rs.PHOTOS_LAYER}", "ogr")
     definition.setQuery(
-        "SELECT path, file_name, verdict, place_verdict, place_dist_km, place_level, "
-        "MakeLine(MakePoint(claimed_lon_deg, claimed_lat_deg, 4326), MakePoint(pred_lon_deg, pred_lat_deg, 4326)) "
-        "AS geometry FROM photos WHERE claimed_lat_deg IS NOT NULL AND pred_lat_deg IS NOT NULL")
+        f"SELECT {rs.PATH}, {rs.FILE_NAME}, {rs.VERDICT}, {rs.PLACE_VERDICT}, {rs.PLACE_DIST_KM}, {rs.PLACE_LEVEL}, "
+        f"MakeLine(MakePoint({rs.CLAIMED_LON_DEG}, {rs.CLAIMED_LAT_DEG}, 4326), "
+        f"MakePoint({rs.PRED_LON_DEG}, {rs.PRED_LAT_DEG}, 4326)) AS geometry FROM {rs.PHOTOS_LAYER} "
+        f"WHERE {rs.CLAIMED_LAT_DEG} IS NOT NULL AND {rs.PRED_LAT_DEG} IS NOT NULL")
     definition.setGeometryField("geometry")
     definition.setGeometryWkbType(QgsWkbTypes.LineString)
     definition.setGeometrySrid(4326)
@@ -103,7 +113,7 @@ def claim_lines(gpkg: str) -> QgsVectorLayer:
     for verdict, colour in VERDICT_COLOURS.items():
         symbol = QgsLineSymbol.createSimple({"line_color": colour, "line_width": "0.6", "line_style": "dash"})
         categories.append(QgsRendererCategory(verdict, symbol, verdict))
-    layer.setRenderer(QgsCategorizedSymbolRenderer("verdict", categories))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(rs.VERDICT, categories))
     _tag(layer, "claims", gpkg)
     return layer
 
@@ -112,8 +122,8 @@ def raster_paths(photos: QgsVectorLayer) -> list[str]:
     """Likelihood rasters named by the photos (raster_global, and raster_regional: a JSON list), existing, once each."""
     paths: list[str] = []
     for feature in photos.getFeatures():
-        found = [feature["raster_global"]]
-        regional = feature["raster_regional"]
+        found = [feature[rs.RASTER_GLOBAL]]
+        regional = feature[rs.RASTER_REGIONAL]
         if isinstance(regional, str) and regional:
             try:
                 found += json.loads(regional)
@@ -147,7 +157,7 @@ def style_photos(layer: QgsVectorLayer) -> None:
         symbol = QgsMarkerSymbol.createSimple({"name": "circle", "color": colour, "size": "3.6",
                                                "outline_color": "#ffffff", "outline_width": "0.4"})
         categories.append(QgsRendererCategory(verdict, symbol, verdict))
-    layer.setRenderer(QgsCategorizedSymbolRenderer("verdict", categories))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(rs.VERDICT, categories))
     styles = []
     for verdict, colour in VERDICT_COLOURS.items():
         style = QgsConditionalStyle(f"@value = '{verdict}'")
@@ -155,7 +165,7 @@ def style_photos(layer: QgsVectorLayer) -> None:
         style.setTextColor(QColor("#ffffff"))
         style.setName(verdict)
         styles.append(style)
-    for name in ("verdict", "place_verdict", "time_verdict"):
+    for name in rs.VERDICT_FIELDS:
         if layer.fields().indexOf(name) >= 0:
             layer.conditionalStyles().setFieldStyles(name, styles)
 
@@ -164,7 +174,7 @@ def style_candidates(layer: QgsVectorLayer) -> None:
     """Small diamonds sized by probability."""
     symbol = QgsMarkerSymbol.createSimple({"name": "diamond", "color": "#2c7fb8", "outline_color": "#ffffff",
                                            "outline_width": "0.2", "size": "2.5"})
-    symbol.setDataDefinedSize(QgsProperty.fromExpression('scale_linear("probability", 0, 1, 1.5, 6)'))
+    symbol.setDataDefinedSize(QgsProperty.fromExpression(f'scale_linear("{rs.PROBABILITY}", 0, 1, 1.5, 6)'))
     layer.renderer().setSymbol(symbol)
 
 
@@ -177,7 +187,7 @@ def style_regions(layer: QgsVectorLayer) -> None:
         symbol = QgsFillSymbol.createSimple({"color": fill.name(QColor.HexArgb), "outline_color": colour,
                                              "outline_width": "0.4"})
         categories.append(QgsRendererCategory(level, symbol, f"{level:.0%} credible region"))
-    layer.setRenderer(QgsCategorizedSymbolRenderer("level", categories))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(rs.LEVEL, categories))
 
 
 def style_likelihood(raster: QgsRasterLayer) -> None:
@@ -199,18 +209,18 @@ def style_likelihood(raster: QgsRasterLayer) -> None:
 
 
 def set_temporal(layer: QgsVectorLayer) -> None:
-    """Each photo is an instant at map_time (claimed local time, else the predicted month and hour)."""
+    """Each photo shows for TEMPORAL_DURATION_HOURS from its local time, map_time_local (the claimed local time,
+    else the predicted month and hour in 2001), so the Temporal Controller plays photos through the local day."""
     props = layer.temporalProperties()
     props.setIsActive(True)
-    props.setMode(QgsVectorLayerTemporalProperties.ModeFeatureDateTimeInstantFromField)
-    props.setStartField("map_time")
-    props.setDurationUnits(QgsUnitTypes.TemporalHours)
-    props.setFixedDuration(TEMPORAL_DURATION_HOURS)
+    props.setMode(QgsVectorLayerTemporalProperties.ModeFeatureDateTimeStartAndEndFromExpressions)
+    props.setStartExpression(TEMPORAL_START_EXPRESSION)
+    props.setEndExpression(TEMPORAL_END_EXPRESSION)
 
 
 def time_posterior(feature) -> list[list[float]] | None:
     """The photo's month x hour probabilities (12 rows, 24 columns), or None when it has none."""
-    text = feature["time_posterior"] if feature.fields().indexOf("time_posterior") >= 0 else None
+    text = feature[rs.TIME_POSTERIOR] if feature.fields().indexOf(rs.TIME_POSTERIOR) >= 0 else None
     if not isinstance(text, str) or not text:
         return None
     try:

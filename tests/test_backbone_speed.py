@@ -95,11 +95,13 @@ def test_predictor_reads_gallery_embeddings_from_disk_the_second_time(tiny_model
     tiny_model.location_encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     gallery = fibonacci_sphere_latlon(3000)
     first = Predictor(tiny_model, gallery_latlon_deg=gallery, cache_dir=tmp_path)
+    assert calls[0] == 0  # the gallery is encoded on first use only (eval), not for every predictor
+    first_emb = first.gallery_emb
     encoded = calls[0]
     assert encoded >= 1 and len(list((tmp_path / "constants").rglob("gallery-*.npy"))) == 1
     second = Predictor(tiny_model, gallery_latlon_deg=gallery, cache_dir=tmp_path)
+    assert torch.equal(first_emb, second.gallery_emb) and torch.equal(first.time_emb, second.time_emb)
     assert calls[0] == encoded  # no location-encoder pass: read from disk
-    assert torch.equal(first.gallery_emb, second.gallery_emb) and torch.equal(first.time_emb, second.time_emb)
     in_memory = Predictor(tiny_model, gallery_latlon_deg=gallery, cache=False)
     torch.testing.assert_close(in_memory.gallery_emb, first.gallery_emb, rtol=0, atol=1e-6)
     torch.testing.assert_close(in_memory.time_emb, first.time_emb, rtol=0, atol=1e-6)

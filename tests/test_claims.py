@@ -215,8 +215,9 @@ def test_claim_at_the_top_place_and_modal_time_is_consistent(pipeline, claimed_p
     assert row.time_level < 0.9 and row.claim_hour_err < 0.5
     assert (row.place_verdict, row.time_verdict, row.verdict) == (CONSISTENT, CONSISTENT, CONSISTENT)
     assert row.claimed_utc_offset_min == 60
-    assert row.map_time_source == "claim" and row.map_time.to_pydatetime() == claimed_photos["modal_time"].replace(
-        microsecond=0)
+    local = claimed_photos["modal_time"].replace(microsecond=0)
+    assert row.map_time_source == "claim" and row.map_time_local == local.isoformat()
+    assert row.map_time == pd.Timestamp(local - dt.timedelta(minutes=60), tz="UTC")  # map_time is UTC (offset +60)
 
 
 def test_claim_at_the_antipode_of_a_confident_prediction_is_inconsistent(pipeline, claimed_photos, tmp_path):
@@ -237,4 +238,4 @@ def test_photo_without_exif_is_no_claim_at_the_predicted_place(pipeline, claimed
     assert row.verdict == NO_CLAIM and row.point_source == "prediction" and row.time_given == "image only"
     assert (row.geometry.y, row.geometry.x) == pytest.approx(claimed_photos["top_latlon"], abs=1e-5)
     assert (row.pred_lat_deg, row.pred_lon_deg) == pytest.approx(claimed_photos["top_latlon"], abs=1e-5)
-    assert row.map_time_source == "prediction" and row.map_time.year == 2001
+    assert row.map_time_source == "prediction" and row.map_time_local.startswith("2001-") and pd.isna(row.map_time)

@@ -54,7 +54,8 @@ def test_predict_reports_each_bad_photo_in_one_line_and_still_predicts_the_rest(
         if Path(r["photo"]) in photo_batch["good"]:
             assert len(r["places"]) == 3
             assert abs(sum(p["probability"] for p in r["places"])) <= 1.0 + 1e-6
-            assert r["places"][0]["probability"] >= r["places"][1]["probability"]
+            # Surface modes (densest first), each with its mass within radius_km: disjoint discs, so the sum <= 1.
+            assert [p["rank"] for p in r["places"]] == [1, 2, 3] and all(p["radius_km"] == 100 for p in r["places"])
             assert 1 <= r["time"]["month"] <= 12 and 0 <= r["time"]["hour_local"] < 24
             assert r["time"]["hour_spread"] > 0
         else:
@@ -122,6 +123,14 @@ def test_info_prints_config_heads_and_hash(model_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["info", "/nonexistent/m.safetensors"], "not found"),
+    # predict, search and info parameters are read by gtloc_engine/protocol.py, before any file is opened
+    (["predict", "a.jpg", "--model", "m.safetensors", "--top-k", "0"], "'top_k' of predict must be a positive"),
+    (["predict", "a.jpg", "--model", "m.safetensors", "--res-deg", "0"], "res_deg 0.0 must be a cell size"),
+    (["predict", "a.jpg", "--model", "m.safetensors", "--rasters", "r"], "need a results GeoPackage"),
+    (["search", "r.gpkg", "--model", "m.safetensors", "--near", "1,2", "--pooling", "median"], "pooling 'median'"),
+    (["search", "r.gpkg", "--model", "m.safetensors", "--near", "1,2", "--point-source", "exif"], "point_source"),
+    (["search", "r.gpkg", "--model", "m.safetensors", "--near", "1,2", "--claimed-after", "2024"], "'2024'"),
+    (["search", "r.gpkg", "--model", "m.safetensors", "--near", "1,2", "--out", "hits.csv"], "hits.csv"),
     (["train", "--manifest", "/nonexistent.csv", "--out", "/tmp/x", "--preset", "tiny"], "nonexistent.csv"),
     (["train", "--manifest", "/dev/null", "--out", "/tmp/x", "--preset", "nope"], "preset"),
 ])

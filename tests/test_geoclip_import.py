@@ -188,8 +188,8 @@ def test_top5_places_match_geoclip_model_on_full_gallery_and_cache_is_reused(imp
 def test_predictions_say_time_head_not_trained(imported_model, tmp_path):
     from gtloc_engine.inference.predictor import Predictor
 
-    predictor = Predictor(imported_model, gallery_latlon_deg=imported_model.gallery_latlon_deg[:2000],
-                          cache_dir=tmp_path)
+    # Places are surface modes; a 2-degree surface keeps the paper-size encoder's grid small here.
+    predictor = Predictor(imported_model, cache_dir=tmp_path, global_res_deg=2.0)
     with torch.inference_mode():
         emb = imported_model.embed_features(torch.randn(2, 768)).numpy()
     for pred in predictor.predict_embeddings(emb, top_k=5):

@@ -103,6 +103,13 @@ def test_fused_heads_left_at_their_initial_scale_count_as_untrained():
     assert float(model.logit_scale("ig2t")) == pytest.approx(math.exp(2.5))  # borrows img_time's
 
 
+def test_a_file_trained_with_a_fixed_image_time_temperature_still_imports():
+    state = authors_state_dict(seed=0)
+    del state["img_time_logit_scale"]  # their GTLoc(temperature=T): not a parameter, so not in the state_dict
+    model = authors_to_gtloc(state)
+    assert float(model.logit_scales["img_time"]) == pytest.approx(math.log(1 / 0.07))
+
+
 def test_header_records_source_sha256_and_licence(imported, authors_pt):
     import hashlib
 

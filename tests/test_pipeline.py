@@ -1,6 +1,6 @@
 """Photos -> results GeoPackage through the real pipeline on real files (JPEGs with real EXIF, HEIC, hostile
-inputs), read back with geopandas, sqlite3 and rasterio; resume, duplicates, failures, cancel; `gtloc predict`
-as a real subprocess."""
+inputs), read back with geopandas, sqlite3 and rasterio and checked by GDAL's validate_gpkg.py; resume, duplicates,
+failures, cancel, commits per batch; `gtloc predict` as a real subprocess, also killed with SIGKILL mid-run."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from contextlib import closing
 from pathlib import Path
 
 import geopandas as gpd
@@ -23,6 +26,7 @@ import rasterio
 from photo_files import dms, gps_position, noise_image, png_claiming_size, save_jpeg_with_raw_exif
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
+from gpkg_validator import validate_gpkg
 
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig, predict_to_geopackage
@@ -86,7 +90,9 @@ def test_writes_photos_candidates_regions_and_embeddings(pipeline, album, tmp_pa
     assert (claimed.geometry.x, claimed.geometry.y) == pytest.approx(PARIS_LATLON[::-1], abs=1e-6)  # lon, lat
     assert claimed.point_source == "claim" and claimed.time_given == "claimed place"
     assert claimed.claimed_time_local == "2021-07-14T21:30:05" and claimed.claimed_utc_offset_min == 120
-    assert claimed.map_time.to_pydatetime() == dt.datetime(2021, 7, 14, 21, 30, 5)
+    # map_time is UTC (a GeoPackage DATETIME) where the offset is known; map_time_local the local wall clock.
+    assert claimed.map_time == pd.Timestamp("2021-07-14T19:30:05", tz="UTC")
+    assert claimed.map_time_local == "2021-07-14T21:30:05" and claimed.map_time_source == "claim"
     assert claimed.verdict in {"consistent", "doubtful", "inconsistent"}
     assert pd.notna(claimed.place_verdict) and pd.notna(claimed.time_verdict)
 
@@ -94,13 +100,15 @@ def test_writes_photos_candidates_regions_and_embeddings(pipeline, album, tmp_pa
     assert time_only.point_source == "prediction" and time_only.time_given == "image only"
     assert (time_only.geometry.y, time_only.geometry.x) == (time_only.pred_lat_deg, time_only.pred_lon_deg)
     assert pd.isna(time_only.place_verdict) and time_only.verdict == time_only.time_verdict
-    assert time_only.map_time_source == "claim"
+    assert time_only.map_time_source == "claim" and time_only.map_time_local == "2020-01-02T08:00:00"
+    assert pd.isna(time_only.map_time)  # no UTC offset in its EXIF: no UTC time
 
     plain = photos.loc["plain.png"]
-    assert plain.verdict == "no claim" and plain.map_time_source == "prediction"
-    # The predicted month/hour placed in the reference year 2001, at whole minutes.
-    assert (plain.map_time.to_pydatetime() - dt.datetime(2001, 1, 1)).days == int(plain.pred_month_pos * 365 / 12)
-    assert abs(plain.map_time.hour + plain.map_time.minute / 60 - plain.pred_hour_local) < 1 / 60 + 1e-9
+    assert plain.verdict == "no claim" and plain.map_time_source == "prediction" and pd.isna(plain.map_time)
+    # The predicted month/hour placed in the reference year 2001, at whole minutes, as the local wall clock.
+    local = dt.datetime.fromisoformat(plain.map_time_local)
+    assert (local - dt.datetime(2001, 1, 1)).days == int(plain.pred_month_pos * 365 / 12) and local.second == 0
+    assert abs(local.hour + local.minute / 60 - plain.pred_hour_local) < 1 / 60 + 1e-9
     assert 1 <= plain.pred_month <= 12 and plain.pred_month == int(plain.pred_month_pos) + 1
     for row in photos.itertuples():
         grid = np.array(json.loads(row.time_posterior))
@@ -124,6 +132,7 @@ def test_writes_photos_candidates_regions_and_embeddings(pipeline, album, tmp_pa
         assert by_level.loc[0.5, "area_km2"] < by_level.loc[0.9, "area_km2"]
         assert by_level.loc[0.9, "mass"] >= 0.9 - 1e-6
     assert _table_count(out, "embeddings") == 3 and _table_count(out, "failures") == 0
+    assert validate_gpkg(out) == []
 
 
 def pipeline_sha(path: Path) -> str:
@@ -224,17 +233,46 @@ def test_cancel_stops_after_the_batch_and_keeps_a_valid_file(pipeline, album, tm
     summary = pipeline.run([album], out, batch_size=1, progress=lambda done, total: cancel.set(), cancel=cancel)
     assert summary.cancelled and summary.n_done == 1
     assert len(_photos(out)) == 1 and len(gpd.read_file(out, layer="candidates")) == 3
+    assert validate_gpkg(out) == []
     summary = pipeline.run([album], out)
     assert (summary.n_done, summary.n_skipped) == (2, 1) and len(_photos(out)) == 3
 
 
-def test_finished_work_is_on_disk_while_the_run_goes_on(pipeline, album, tmp_path):
+def test_each_batch_is_committed_before_its_progress_report(pipeline, album, tmp_path):
     out = tmp_path / "results.gpkg"
     seen = []
-    config_pipeline = PhotoPipeline(pipeline.model_path, top_k=3, cache_dir=pipeline.cache_dir,
-                                    config=PipelineConfig(global_res_deg=1.0, save_every_photos=1))
-    config_pipeline.run([album], out, batch_size=1, progress=lambda done, total: seen.append((done, len(_photos(out)))))
-    assert seen == [(1, 1), (2, 2), (3, 3)]
+    inode = []
+
+    def progress(done, total):
+        # sqlite3 only while the run's store is open: GDAL (pyogrio) carries its own SQLite, and one SQLite closing
+        # the file in this process would drop the other's POSIX locks.
+        seen.append((done, *(_table_count(out, table) for table in ("photos", "candidates", "embeddings"))))
+        inode.append(out.stat().st_ino)
+
+    pipeline.run([album], out, batch_size=1, progress=progress)
+    assert seen == [(1, 1, 3, 1), (2, 2, 6, 2), (3, 3, 9, 3)]
+    assert len(set(inode)) == 1  # written in place: the same file throughout, no rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["album", "results.gpkg"]
+
+
+def test_an_open_reader_neither_blocks_nor_sees_a_run_half_way(pipeline, album, tmp_path, caplog):
+    """A reader in the middle of a read transaction for the whole run (a program with the file open): in WAL mode,
+    the default, the batches commit without waiting and the reader keeps its consistent snapshot until it ends."""
+    out = tmp_path / "results.gpkg"
+    pipeline.run([album / "plain.png"], out)
+    reader = sqlite3.connect(out, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM photos").fetchone()[0] == 1
+    seen = []
+    summary = pipeline.run([album], out, batch_size=1, progress=lambda done, total: seen.append(
+        (_table_count(out, "photos"), reader.execute("SELECT count(*) FROM photos").fetchone()[0])))
+    assert (summary.n_done, summary.n_skipped, summary.n_failed) == (2, 1, 0)
+    assert seen == [(1, 1), (2, 1), (3, 1)]  # committed for everyone else, the reader's snapshot unchanged
+    assert not any("locked" in r.message for r in caplog.records)
+    reader.execute("COMMIT")
+    assert reader.execute("SELECT count(*) FROM photos").fetchone()[0] == 3
+    reader.close()
+    assert validate_gpkg(out) == []
 
 
 def test_an_existing_file_that_is_not_ours_is_refused_and_kept(pipeline, album, tmp_path):
@@ -331,6 +369,7 @@ def test_hostile_inputs_fail_alone_and_the_rest_finish(pipeline, hostile_folder,
         assert "\n" not in reason and "photo '" in reason
     photos = _photos(out)
     assert set(photos.index) == must_work and summary.n_done == len(must_work)
+    assert validate_gpkg(out) == []
     for name in ("lat95.jpg", "zero_den.jpg"):
         assert photos.loc[name, "verdict"] == "no claim" and photos.loc[name, "point_source"] == "prediction"
     assert "out of range" in photos.loc["lat95.jpg", "notes"]
@@ -443,3 +482,45 @@ def test_cli_bad_output_requests_are_one_line_exit_2(trained_checkpoint, album, 
         assert "mine.gpkg" in proc.stderr and out.read_text() == "not ours"
     else:
         assert "--rasters" in proc.stderr and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_killed_with_sigkill_keeps_every_committed_batch_and_resumes(trained_checkpoint, toy_manifest, tmp_path,
+                                                                         cache_dir):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for source in sorted((toy_manifest.parent / "img").glob("*.png"))[:60]:
+        shutil.copy(source, folder / source.name)
+    out = tmp_path / "results.gpkg"
+    args = ["predict", folder, "--model", trained_checkpoint, "--out", out, "--top-k", "2", "--res-deg", "1",
+            "--batch-size", "2", "--quiet"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "GTLOC_CACHE": str(cache_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "gtloc_engine.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = 0, time.monotonic() + 240
+    try:
+        while seen < 6 and proc.poll() is None and time.monotonic() < deadline:  # three batches committed
+            time.sleep(0.05)
+            if out.exists():
+                try:
+                    with closing(sqlite3.connect(f"{out.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+                        seen = db.execute("SELECT count(*) FROM photos").fetchone()[0]
+                except sqlite3.Error:
+                    pass  # not created yet
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"it ended on its own before the kill: {stderr[-2000:]}"
+    assert validate_gpkg(out) == []
+    kept = _photos(out)
+    assert seen <= len(kept) < 60  # every batch committed before the kill, and the run was cut short
+    assert _table_count(out, "candidates") == 2 * len(kept) and _table_count(out, "embeddings") == len(kept)
+    assert set(gpd.read_file(out, layer="regions").path) == set(kept.path)  # no photo half written
+
+    again = gtloc(*args, cache=cache_dir)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (summary["n_skipped"], summary["n_done"]) == (len(kept), 60 - len(kept))
+    photos = _photos(out)
+    assert len(photos) == 60 and validate_gpkg(out) == []
+    assert photos.loc[kept.index, "processed_at_utc"].equals(kept.processed_at_utc)  # the kept rows untouched

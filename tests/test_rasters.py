@@ -1,10 +1,12 @@
-"""GeoTIFFs of real surfaces (a tiny model's posterior for a place query), read back with rasterio and gdalinfo."""
+"""GeoTIFFs of real surfaces (a tiny model's posterior for a place query), read back with rasterio and gdalinfo, and
+checked as Cloud Optimized GeoTIFFs by GDAL's own validator."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +14,15 @@ import rasterio
 import torch
 
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.inference.surfaces import Surface, SurfaceConfig, SurfaceMaker
+from gtloc_engine.geo import Surface
+from gtloc_engine.inference.surfaces import SurfaceConfig, SurfaceMaker
 from gtloc_engine.io.rasters import NODATA, overview_factors, read_surface_geotiff, write_surface_geotiff
 from gtloc_engine.model import GTLoc, preset
 
 PLACE = (-33.9, 151.2)
+# GDAL's COG validator ships with the system's GDAL Python bindings (Debian python3-gdal), not with rasterio.
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+COG_VALIDATOR = Path("/usr/lib/python3/dist-packages/osgeo_utils/samples/validate_cloud_optimized_geotiff.py")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +44,31 @@ def gdalinfo_corners(path) -> dict[str, tuple[float, float]]:
         m = re.search(rf"{name}\s*\(\s*([-\d.]+),\s*([-\d.]+)\)", out)
         corners[name] = (float(m.group(1)), float(m.group(2)))
     return corners
+
+
+def footprint_means(mass: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Mean of the full-resolution cells over each pixel of a (rows, cols) overview of the same extent, a cell cut by
+    a pixel's edge weighted by the share inside it: the f x f block means when f divides the size."""
+
+    def weights(n: int, m: int) -> np.ndarray:  # (m, n) share of source cell j inside overview pixel i
+        edges = np.arange(m + 1) * (n / m)
+        cells = np.arange(n + 1)
+        return np.clip(np.minimum(edges[1:, None], cells[None, 1:]) - np.maximum(edges[:-1, None], cells[None, :-1]),
+                       0.0, None)
+
+    wr, wc = weights(mass.shape[0], shape[0]), weights(mass.shape[1], shape[1])
+    return (wr @ mass.astype(np.float64) @ wc.T) / (wr.sum(1)[:, None] * wc.sum(1)[None, :])
+
+
+def read_overviews(path) -> list[np.ndarray]:
+    """Every overview level of band 1 as stored (no resampling on read)."""
+    with rasterio.open(path) as src:
+        n = len(src.overviews(1))
+    out = []
+    for level in range(n):
+        with rasterio.open(path, overview_level=level) as ov:
+            out.append(ov.read(1))
+    return out
 
 
 def test_global_geotiff_reads_back_with_its_georeferencing(surfaces, tmp_path):
@@ -64,10 +95,7 @@ def test_global_geotiff_reads_back_with_its_georeferencing(surfaces, tmp_path):
         assert (lat, lon) == pytest.approx(g.peak_latlon_deg())
         place_row, place_col = src.index(PLACE[1], PLACE[0])
         assert abs(place_row - row) <= 1 and abs(place_col - col) <= 1
-        # Overviews hold the mean mass per full-resolution cell: x factor^2 they account for all the mass.
-        for f in src.overviews(1):
-            ov = src.read(1, out_shape=(180 // f, 360 // f))
-            assert float(ov.sum(dtype=np.float64)) * f * f == pytest.approx(1.0, rel=1e-4)
+
 
 
 @pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdalinfo binary not on PATH")
@@ -94,6 +122,50 @@ def test_regional_geotiff_round_trip(surfaces, tmp_path):
     assert (back.kind, back.model_key, back.log_norm) == ("regional", r.model_key, r.log_norm)
     assert back.total_mass == pytest.approx(r.total_mass, rel=1e-6)
     assert back.peak_latlon_deg() == pytest.approx(r.peak_latlon_deg())
+
+
+@pytest.mark.parametrize("which", ["global", "regional"])
+def test_overviews_hold_the_mean_mass_per_full_resolution_cell(surfaces, tmp_path, which):
+    g, regionals = surfaces
+    surface = g if which == "global" else regionals[0]
+    path = write_surface_geotiff(tmp_path / f"{which}.tif", surface)
+    mass = surface.mass_per_cell
+    h, w = mass.shape
+    levels = read_overviews(path)
+    assert len(levels) == len(overview_factors((h, w))) >= 1
+    above = mass.astype(np.float64)
+    for f, ov in zip(overview_factors((h, w)), levels):
+        assert ov.dtype == np.float32 and ov.shape == (h // f, w // f)  # the COG driver's floor(size / factor)
+        if h % f == 0 and w % f == 0:  # the global grid: plain f x f block means of the full-resolution masses
+            blocks = mass.astype(np.float64).reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+            np.testing.assert_allclose(ov, blocks, rtol=1e-5, atol=1e-12)
+        # Odd regional sizes: GDAL's average weights the cells a pixel's edges cut, and builds each level from the
+        # one above (the same thing as block means where the factor divides the size).
+        above = footprint_means(above, ov.shape)
+        np.testing.assert_allclose(ov, above, rtol=1e-5, atol=1e-12)
+        # Either way a level x the full-resolution cells per pixel accounts for all the mass.
+        cells_per_pixel = (h / ov.shape[0]) * (w / ov.shape[1])
+        assert float(ov.sum(dtype=np.float64)) * cells_per_pixel == pytest.approx(surface.total_mass, rel=1e-5)
+    if which == "regional":  # the case really is the odd-sized one, with more than one level
+        assert h % 2 == 1 and w % 2 == 1 and len(levels) >= 2
+
+
+@pytest.mark.skipif(not (SYSTEM_PYTHON.is_file() and COG_VALIDATOR.is_file()),
+                    reason=f"GDAL's COG validator not installed ({COG_VALIDATOR}; Debian: apt-get install python3-gdal)")
+@pytest.mark.parametrize("which", ["global", "regional"])
+def test_rasters_are_valid_cloud_optimized_geotiffs(surfaces, tmp_path, which):
+    g, regionals = surfaces
+    path = write_surface_geotiff(tmp_path / f"{which}.tif", g if which == "global" else regionals[0])
+    proc = subprocess.run([str(SYSTEM_PYTHON), str(COG_VALIDATOR), str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "is a valid cloud optimized GeoTIFF" in proc.stdout, proc.stdout + proc.stderr
+    with rasterio.open(path) as src:
+        structure = src.tags(ns="IMAGE_STRUCTURE")
+        assert structure["LAYOUT"] == "COG" and structure["COMPRESSION"] == "DEFLATE"
+        assert structure["PREDICTOR"] == "3"  # floating-point predictor
+        assert src.block_shapes == [(256, 256)] and src.dtypes == ("float32",) and src.nodata == NODATA
+        assert src.tags()["GTLOC_OVERVIEW_VALUES"] and src.tags(1)["units"] == "probability"
+        assert src.descriptions == ("probability mass per cell",)
 
 
 def test_window_past_the_antimeridian_keeps_its_extent(tmp_path):

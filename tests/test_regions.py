@@ -13,9 +13,9 @@ from rasterio.features import geometry_mask, shapes
 from shapely.geometry import MultiPolygon, Point
 
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.geo import EARTH_RADIUS_KM, haversine_km
+from gtloc_engine.geo import EARTH_RADIUS_KM, Surface, haversine_km, row_area_sr
 from gtloc_engine.inference.regions import WGS84, RegionConfig, credible_regions, row_cell_area_km2
-from gtloc_engine.inference.surfaces import Surface, credible_level, row_area_sr
+from gtloc_engine.inference.surfaces import credible_level
 
 SIGMA_KM = 300.0
 

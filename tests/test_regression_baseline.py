@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gtloc_engine.training.data import read_manifest
+from gtloc_engine.records import read_manifest
 from gtloc_engine.training.regression_baseline import RegressionTrainer, decode_outputs, regression_targets
 from tests.test_training import CHANCE_ACC_200KM, toy_config
 

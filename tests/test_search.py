@@ -1,8 +1,9 @@
 """Geo-temporal search over a real results GeoPackage made by the real pipeline (JPEGs with real EXIF, the tiny
 trained toy model): every query kind against brute-force numpy, sensible rankings on a collection whose true
 places and times are known, filters (radius, polygon files read with geopandas, claimed-time range, wrapping time
-windows), model mismatch refused, the FAISS index's recall against exact search and its sidecar, and `gtloc search`
-as a real subprocess writing JSON and a GeoPackage layer."""
+windows), model mismatch refused, the FAISS index's recall against exact search and its sidecar, the search_results
+layer checked by GDAL's GeoPackage validator, and `gtloc search` as a real subprocess writing JSON and a GeoPackage
+layer."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pytest
 import shapely
 import torch
 from conftest import TOY_PLACES_LATLON
+from gpkg_validator import validate_gpkg
 from PIL import Image
 from shapely.geometry import Polygon
 
@@ -29,7 +31,7 @@ from gtloc_engine.errors import GtlocError
 from gtloc_engine.geo import haversine_km
 from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig
 from gtloc_engine.inference.search import (AnnIndex, CollectionSearch, SearchConfig, SearchQuery, TimeWindow,
-                                           exact_top_k, load_collection)
+                                           exact_top_k, load_collection, write_results_gpkg)
 from gtloc_engine.io.exif import write_jpeg_with_exif
 from gtloc_engine.io.photos import file_sha256
 from gtloc_engine.model import GTLoc, preset
@@ -420,8 +422,6 @@ def test_faiss_sidecar_is_built_reused_and_rebuilt_when_the_collection_changes(c
 
 
 def test_results_layer_is_never_written_over_a_file_that_is_not_a_geopackage(collection, searcher, tmp_path):
-    from gtloc_engine.inference.search import write_results_gpkg
-
     output = searcher.search(SearchQuery(near_latlon_deg=(0.0, 0.0), top_k=3))
     notes = tmp_path / "notes.gpkg"
     notes.write_text("my notes")
@@ -430,6 +430,61 @@ def test_results_layer_is_never_written_over_a_file_that_is_not_a_geopackage(col
     assert notes.read_text() == "my notes"
     fresh = write_results_gpkg(tmp_path / "hits.gpkg", output)
     assert gpd.read_file(fresh, layer="search_results")["sha256"].tolist() == [r["sha256"] for r in output["results"]]
+
+
+def test_the_validator_reports_what_is_wrong(tmp_path):
+    """The checks below can fail: a DATETIME column holding a time without its UTC mark is reported, and so are the
+    R-tree triggers of GeoPackage 1.4 (the engine's GDAL's default), which the system's GDAL 3.6 does not know."""
+    bad = tmp_path / "bad.gpkg"
+    pyogrio.write_dataframe(gpd.GeoDataFrame({"n": [1]}, geometry=[shapely.Point(1, 2)], crs="EPSG:4326"), bad,
+                            layer="points")
+    with sqlite3.connect(bad) as db:
+        db.execute("CREATE TABLE times (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, t DATETIME)")
+        db.execute("INSERT INTO times (t) VALUES ('2021-07-14T15:30:00')")
+        db.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier) VALUES ('times', 'attributes', "
+                   "'times')")
+    db.close()
+    report = validate_gpkg(bad)
+    assert any("not a valid DATETIME" in line for line in report), report
+    if pyogrio.__gdal_version__ >= (3, 7, 0):
+        assert any("rtree_points_geom_update1 trigger missing" in line for line in report), report
+
+
+@pytest.mark.parametrize("query", [SearchQuery(near_latlon_deg=(48.85, 2.35), top_k=5),
+                                   SearchQuery(near_latlon_deg=(48.85, 2.35), radius_km=1.0, top_k=5)],
+                         ids=["five results", "none"])
+def test_search_results_in_a_new_geopackage_pass_gdals_validator(searcher, tmp_path, query):
+    output = searcher.search(query)
+    out = write_results_gpkg(tmp_path / "hits.gpkg", output)
+    assert validate_gpkg(out) == []
+    assert len(gpd.read_file(out, layer="search_results")) == len(output["results"])
+    with sqlite3.connect(out) as db:  # GeoPackage 1.2, what QGIS 3.22's GDAL opens without a version warning
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 10200
+    db.close()
+    write_results_gpkg(out, searcher.search(SearchQuery(window=TimeWindow.parse("6", None), top_k=3)))  # replaced
+    assert validate_gpkg(out) == [] and len(gpd.read_file(out, layer="search_results")) == 3
+
+
+def test_search_results_added_to_an_existing_geopackage_add_nothing_the_validator_reports(collection, searcher,
+                                                                                         tmp_path):
+    output = searcher.search(SearchQuery(near_latlon_deg=(35.7, 139.7), top_k=4))
+    # Another valid GeoPackage (a polygon layer, as a user's area file): it stays valid with the layer added.
+    areas = tmp_path / "areas.gpkg"
+    pyogrio.write_dataframe(gpd.GeoDataFrame({"name": ["box"]}, geometry=[Polygon([(0, 0), (1, 0), (1, 1)])],
+                                             crs="EPSG:4326"), areas, layer="areas", dataset_options={"VERSION": "1.2"})
+    assert validate_gpkg(areas) == []
+    write_results_gpkg(areas, output)
+    assert validate_gpkg(areas) == []
+    assert sorted(pyogrio.list_layers(areas)[:, 0]) == ["areas", "search_results"]
+    # The results GeoPackage itself (its own conformance is the results store's): the layer adds no finding.
+    results = tmp_path / "results.gpkg"
+    shutil.copyfile(collection[0], results)
+    before = validate_gpkg(results)
+    write_results_gpkg(results, output)
+    write_results_gpkg(results, output)  # and replacing it again
+    assert set(validate_gpkg(results)) <= set(before)
+    assert not any("search_results" in line for line in validate_gpkg(results))
+    assert load_collection(results, searcher.model_sha256).sha256 == searcher.collection.sha256
 
 
 # ------------------------------------------------------------------------------------------- command line

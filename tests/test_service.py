@@ -14,6 +14,7 @@ import pytest
 import test_search
 
 from gtloc_engine import __version__
+from gtloc_engine.protocol import PARAMS
 from gtloc_engine.service import METHODS, PROTOCOL_VERSION
 
 search_collection = test_search.collection  # fixture: a real results GeoPackage of 20 toy photos
@@ -76,7 +77,10 @@ def worker():
 def test_hello_comes_first_with_protocol_and_engine_versions(worker):
     hello = worker.read()
     assert hello == {"type": "hello", "protocol": PROTOCOL_VERSION, "engine_version": __version__,
-                     "methods": list(METHODS), "pid": worker.proc.pid}
+                     "methods": list(METHODS), "params": {m: [p.name for p in rows] for m, rows in PARAMS.items()},
+                     "pid": worker.proc.pid}
+    assert {"claimed_after", "claimed_before", "pooling", "point_source", "within_layer"} <= set(
+        hello["params"]["search"])
 
 
 def test_info_reports_versions_and_the_photo_suffixes(worker):
@@ -104,6 +108,11 @@ def test_info_reports_versions_and_the_photo_suffixes(worker):
     (('{"id": 9, "method": "predict", "params": {"photos": ["a.jpg"], "model": "/no/such/model.safetensors", '
       '"out_gpkg": "/tmp/o.gpkg"}}'), 9, "bad_input"),
     ('{"id": 10, "method": "info", "params": {"model": "/no/such/model.safetensors"}}', 10, "bad_input"),
+    ('{"id": 11, "method": "info", "params": {"modle": "m.safetensors"}}', 11, "bad_request"),
+    ('{"id": 12, "method": "search", "params": {"gpkg": "r.gpkg", "model": "m", "claimed_after": 2024}}', 12,
+     "bad_request"),
+    ('{"id": 13, "method": "predict", "params": {"photos": ["a.jpg"], "model": "m", "out_gpkg": "o", "res": 1}}', 13,
+     "bad_request"),
 ])
 def test_a_bad_request_is_an_error_line_and_the_worker_stays_alive(worker, line, request_id, code):
     worker.read()
@@ -121,6 +130,29 @@ def test_a_missing_model_names_the_file(worker):
     worker.send({"id": 1, "method": "info", "params": {"model": "/no/such/model.safetensors"}})
     _, reply = worker.until_final(1)
     assert "/no/such/model.safetensors" in reply["error"]["message"]
+
+
+def test_info_on_a_file_that_is_no_checkpoint_says_checkpoint_not_photo(worker, tmp_path):
+    """A model that is missing or not a checkpoint is named as a checkpoint (its hash is not read first)."""
+    not_a_model = tmp_path / "notes.safetensors"
+    not_a_model.write_text("my notes")
+    worker.read()
+    for i, model in enumerate([tmp_path / "gone.safetensors", not_a_model, tmp_path]):
+        worker.send({"id": i, "method": "info", "params": {"model": str(model)}})
+        _, reply = worker.until_final(i)
+        message = reply["error"]["message"]
+        assert reply["error"]["code"] == "bad_input" and message.startswith(f"checkpoint {model}"), message
+        assert "photo" not in message
+
+
+def test_info_reports_the_models_header_and_the_parameters(worker, model_path):
+    worker.read()
+    worker.send({"id": "m", "method": "info", "params": {"model": str(model_path)}})
+    _, reply = worker.until_final("m")
+    info = reply["result"]
+    assert info["model"]["path"] == str(model_path) and len(info["model"]["sha256"]) == 64
+    assert info["model"]["header"]["heads_trained"]["location"] is True
+    assert info["params"] == {m: [p.name for p in rows] for m, rows in PARAMS.items()}
 
 
 def test_a_reused_id_of_a_queued_request_is_refused(worker):
@@ -334,3 +366,75 @@ def test_search_errors_are_error_lines_and_the_worker_stays_alive(worker, search
         assert words in reply["error"]["message"] and "\n" not in reply["error"]["message"]
     reply = _search(worker, "ok", {**base, "near": [48.8, 2.3], "top_k": 2})
     assert reply["type"] == "result" and len(reply["result"]["results"]) == 2
+
+
+def test_search_takes_the_filters_and_settings_of_the_cli(worker, search_collection, trained_checkpoint, tmp_path):
+    """within + within_layer, pooling, point_source, claimed_after/claimed_before reach the engine: the worker answers
+    as CollectionSearch does with the same query and settings."""
+    import datetime as dt
+
+    import geopandas as gpd
+    import numpy as np
+    from shapely.geometry import Polygon
+
+    from gtloc_engine.inference.search import CollectionSearch, SearchConfig, SearchQuery, TimeWindow
+
+    gpkg, truth = search_collection
+    areas = tmp_path / "areas.gpkg"  # its first layer holds no photo: only the named layer finds some
+    gpd.GeoDataFrame(geometry=[Polygon([(0, 0), (1, 0), (1, 1)])], crs="EPSG:4326").to_file(areas, layer="empty")
+    gpd.GeoDataFrame(geometry=[Polygon([(150, -35), (153, -35), (153, -32), (150, -32)]),
+                               Polygon([(138, 34), (141, 34), (141, 37), (138, 37)])], crs="EPSG:4326").to_file(
+        areas, layer="sydney_tokyo")
+    base = {"gpkg": str(gpkg), "model": str(trained_checkpoint), "top_k": len(truth)}
+    worker.read()
+    reply = _search(worker, "w", {**base, "month": "3-8", "within": str(areas), "within_layer": "sydney_tokyo",
+                                  "pooling": "mean", "point_source": "prediction"})
+    assert reply["type"] == "result", reply
+    got = reply["result"]
+    expected = CollectionSearch(gpkg, trained_checkpoint, config=SearchConfig(pooling="mean",
+                                                                              point_source="prediction")).search(
+        SearchQuery(window=TimeWindow.parse("3-8", None), within=str(areas), within_layer="sydney_tokyo",
+                    top_k=len(truth)))
+    assert [r["sha256"] for r in got["results"]] == [r["sha256"] for r in expected["results"]]
+    assert np.allclose([r["score"] for r in got["results"]], [r["score"] for r in expected["results"]])
+    assert got["results"] and {r["point_source"] for r in got["results"]} == {"prediction"}
+    max_pooled = _search(worker, "m", {**base, "month": "3-8", "within": str(areas), "within_layer": "sydney_tokyo"})
+    assert [r["score"] for r in max_pooled["result"]["results"]] != [r["score"] for r in got["results"]]
+    after, before = dt.datetime(2021, 3, 1), dt.datetime(2021, 9, 1)
+    reply = _search(worker, "c", {**base, "near": [0.0, 0.0], "claimed_after": "2021-03-01T00:00",
+                                  "claimed_before": "2021:09:01 00:00:00"})
+    in_range = {name for name, info in truth.items() if info["claims"] and after <= info["time"] < before}
+    assert {Path(r["path"]).name for r in reply["result"]["results"]} == in_range and 0 < len(in_range) < len(truth)
+    assert reply["result"]["query"]["claimed_before"] == "2021-09-01T00:00:00"
+
+
+def test_predict_takes_the_cell_size_the_time_gallery_and_ten_crops(worker, model_path, toy_photos, tmp_path,
+                                                                   constants_cache):
+    import sqlite3
+
+    import numpy as np
+    import rasterio
+
+    photo = str(toy_photos[5])
+    gallery = tmp_path / "times.npy"  # two times to choose from: July 1 at noon, January 15 at 06:30
+    np.save(gallery, np.array([[7, 1, 12, 0, 0], [1, 15, 6, 30, 0]], dtype=np.int32))
+    runs = {"plain": {}, "coarse": {"res_deg": 2}, "gallery": {"time_gallery": str(gallery)},
+            "tencrop": {"tencrop": True}}
+    worker.read()
+    rows = {}
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.gpkg"
+        worker.send({"id": name, "method": "predict", "params": {
+            "model": str(model_path), "photos": [photo], "out_gpkg": str(out), "rasters_dir": str(tmp_path / name),
+            "cache_dir": str(constants_cache), **extra}})
+        _, reply = worker.until_final(name, timeout=300)
+        assert reply["type"] == "result" and reply["result"]["n_done"] == 1, reply
+        with sqlite3.connect(out) as db:
+            rows[name] = db.execute("SELECT p.pred_month, p.pred_hour_local, e.embedding FROM photos p "
+                                    "JOIN embeddings e USING (sha256)").fetchone()
+        db.close()
+        [global_tif] = (tmp_path / name).glob("*_global.tif")
+        with rasterio.open(global_tif) as raster:
+            assert raster.res == ((2.0, 2.0) if name == "coarse" else (0.25, 0.25)), name
+    assert (rows["gallery"][0], round(rows["gallery"][1])) in ((7, 12), (1, 6), (1, 7))  # (a circular mean hour)
+    assert rows["tencrop"][2] != rows["plain"][2] and rows["coarse"][2] == rows["plain"][2]

@@ -11,16 +11,8 @@ import pytest
 import torch
 
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.geo import haversine_km
-from gtloc_engine.inference.surfaces import (
-    KM_PER_DEG_LAT,
-    SurfaceConfig,
-    SurfaceMaker,
-    credible_level,
-    find_candidates,
-    global_centres_latlon,
-    row_area_sr,
-)
+from gtloc_engine.geo import KM_PER_DEG_LAT, global_centres_latlon, haversine_km, row_area_sr
+from gtloc_engine.inference.surfaces import SurfaceConfig, SurfaceMaker, credible_level, find_candidates
 from gtloc_engine.model import GTLoc, preset
 
 RES_DEG = 0.5

@@ -75,7 +75,7 @@ def test_feature_cache_is_reused_and_matches_the_backbone(toy_manifest, tmp_path
     from gtloc_engine.io.photos import load_photo_rgb
     from gtloc_engine.model import GTLoc
     from gtloc_engine.training.feature_cache import FeatureCache
-    from gtloc_engine.training.data import read_manifest
+    from gtloc_engine.records import read_manifest
 
     paths = [r.path for r in read_manifest(toy_manifest)][:20]
     model = GTLoc(preset("tiny"))
@@ -178,7 +178,7 @@ def test_training_from_a_photo_folder_reads_place_and_time_from_exif(tmp_path, c
 
     from gtloc_engine.io.exif import write_jpeg_with_exif
     from gtloc_engine.synth import write_dataset
-    from gtloc_engine.training.data import read_manifest, scan_photo_folder
+    from gtloc_engine.records import read_manifest, scan_photo_folder
 
     manifest = write_dataset(tmp_path / "sw", 40, seed=1, untimed_fraction=0.5)
     Image.new("RGB", (16, 16)).save(tmp_path / "sw" / "photos" / "no_exif.jpg")

@@ -13,7 +13,7 @@ import torch
 
 from gtloc_engine.evaluation.metrics import geolocation_metrics, recall_at_k, time_metrics
 from gtloc_engine.inference.predictor import Predictor
-from gtloc_engine.training.data import Record
+from gtloc_engine.records import Record
 
 
 @torch.inference_mode()

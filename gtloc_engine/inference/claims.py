@@ -30,12 +30,18 @@ import numpy as np
 from gtloc_engine.geo import haversine_km
 from gtloc_engine.inference.predictor import TimeEstimate
 from gtloc_engine.io.exif import ExifClaims
+from gtloc_engine.io.results_schema import (  # noqa: F401  (the verdict and time_given strings are the schema's)
+    CONSISTENT,
+    DOUBTFUL,
+    INCONSISTENT,
+    NO_CLAIM,
+    TIME_GIVEN_IMAGE,
+    TIME_GIVEN_PLACE,
+)
 from gtloc_engine.timecode import hour_error, month_error, parse_time
 
-CONSISTENT, DOUBTFUL, INCONSISTENT, NO_CLAIM = "consistent", "doubtful", "inconsistent", "no claim"
 _SEVERITY = {CONSISTENT: 0, DOUBTFUL: 1, INCONSISTENT: 2}
 CREDIBLE_90 = 0.9  # the region reported as place_in_90, independent of where the verdict thresholds sit
-TIME_GIVEN_PLACE, TIME_GIVEN_IMAGE = "claimed place", "image only"
 
 
 @dataclass(frozen=True)

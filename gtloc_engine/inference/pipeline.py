@@ -11,14 +11,15 @@ places, instead of the image alone (img_gps); `place_given` and `given_time_loca
 Resume: a path whose bytes (sha256) already have results from this checkpoint (model_sha256 = the checkpoint
 file's sha256) is skipped; a duplicate file (same bytes, another path) copies the finished results instead of
 recomputing; a path whose bytes or model changed is recomputed and its old rows are replaced; failures are
-retried and leave `failures` when they succeed. The GeoPackage is rewritten atomically at the end, every
-`save_every_photos` photos or `save_every_s` seconds, and on cancel, so a crash keeps the finished work.
+retried and leave `failures` when they succeed. Each batch's rows are committed to the GeoPackage in one
+transaction as soon as the batch is done (io/geopackage.py), so a cancel, crash or kill keeps every finished batch.
 
-map_time (for QGIS's Temporal Controller) is the claimed local time, else the predicted month position and
-hour placed in the reference year 2001 (not a leap year: its 365 days match the paper's 365/12-day months).
+map_time_local (for QGIS's Temporal Controller) is the claimed local time, else the predicted month position and
+hour placed in the reference year 2001 (not a leap year: its 365 days match the paper's 365/12-day months);
+map_time is that time in UTC where the photo's UTC offset is known (claimed_utc_offset_min), else null.
 
 Public surface:
-    PipelineConfig        save cadence, verdict thresholds, surface, region and raster settings (data)
+    PipelineConfig        verdict thresholds, surface, region and raster settings (data)
     PredictSummary        what a run did; .to_json()
     PhotoPipeline         loads the checkpoint once; .run(photos, out_gpkg, ...) -> PredictSummary
     predict_to_geopackage PhotoPipeline(model_path, ...).run(photos, out_gpkg, ...)
@@ -32,7 +33,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,12 +50,13 @@ from gtloc_engine.io.batches import iter_pixel_batches
 from gtloc_engine.io.exif import ExifClaims, read_exif_claims
 from gtloc_engine.io.geopackage import PHOTO_FIELDS, ResultsStore
 from gtloc_engine.io.photos import check_photo_file, file_sha256, iter_photo_paths
+from gtloc_engine.io.results_schema import (MAP_TIME_CLAIM, MAP_TIME_PREDICTION, MAP_TIME_REFERENCE_YEAR,
+                                            utc_datetime_text)
 from gtloc_engine.model.checkpoint import load_checkpoint
 from gtloc_engine.timecode import DAYS_PER_MONTH, TimeLike, parse_time
 
 log = logging.getLogger(__name__)
 
-MAP_TIME_REFERENCE_YEAR = 2001
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -63,8 +64,6 @@ _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 class PipelineConfig:
     """Knobs of a prediction run that are not per call."""
 
-    save_every_photos: int = 200  # photos finished between two intermediate writes of the GeoPackage
-    save_every_s: float = 60.0  # ... or seconds, whichever comes first
     thresholds: VerdictThresholds = field(default_factory=VerdictThresholds)
     global_res_deg: float = 0.25  # global surface cell size
     credible_levels: tuple[float, ...] = (0.5, 0.9)
@@ -121,19 +120,13 @@ class PhotoPipeline:
         # Only the time grid: places come from surfaces, so an empty gallery spares encoding (or loading) the
         # model's own (100K places for imported GeoCLIP, ~45 s the first time, 200 MB in memory).
         self.predictor = Predictor(self.model, gallery_latlon_deg=np.empty((0, 2)), cache_dir=cache_dir,
-                                   time_gallery_fields=time_gallery_fields)
-        self._surface_maker = None
+                                   time_gallery_fields=time_gallery_fields, global_res_deg=config.global_res_deg)
         self._given: tuple[str, torch.Tensor] | None = None  # the known time of the current run (where given when)
 
     @property
     def surface_maker(self):
-        """Built on first use: its grid constants are only needed when the location head is trained."""
-        if self._surface_maker is None:
-            from gtloc_engine.inference.surfaces import SurfaceMaker
-
-            self._surface_maker = SurfaceMaker(self.model, global_res_deg=self.config.global_res_deg,
-                                               cache_dir=self.cache_dir)
-        return self._surface_maker
+        """The predictor's (built on first use: its grid constants are only needed for places)."""
+        return self.predictor.surface_maker
 
     def run(self, photos: Sequence[str | os.PathLike], out_gpkg: str | os.PathLike, *,
             rasters_dir: str | os.PathLike | None = None, batch_size: int = 16, workers: int = 2,
@@ -150,28 +143,31 @@ class PhotoPipeline:
         if not paths:
             raise GtlocError(f"no photos found in {' '.join(map(str, photos))}; pass photo files or folders")
         store = ResultsStore.open(out_gpkg)
+        try:
+            return self._run(store, paths, rasters, batch_size, workers, progress, cancel)
+        finally:
+            store.close()  # commits what the last batch left, also on cancel or an exception
+
+    def _run(self, store: ResultsStore, paths: list[Path], rasters: Path | None, batch_size: int, workers: int,
+             progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> PredictSummary:
         summary = PredictSummary(out_gpkg=store.path, n_photos=len(paths))
         tick = _Ticker(len(paths), progress)
-        saver = _Saver(store, self.config)
 
         todo: dict[str, list[_Photo]] = {}  # sha256 -> every path with these bytes, in input order
-        # sha256 -> a path already holding results for those bytes from this model (one dict: no scan per photo)
         given_iso = self._given[0] if self._given else None
-        finished = {row["sha256"]: key for key, row in store.photos.items()
-                    if row["model_sha256"] == self.model_sha256 and row.get("given_time_local") == given_iso}
         for photo, error in self._hash_all(paths, workers):
             if error is not None:
                 self._fail(store, summary, [photo], error)
-            elif store.done(photo.key, photo.sha256, self.model_sha256, given_iso):
+            elif store.done(photo.key, photo.sha256, self.model_sha256, given_iso):  # one indexed lookup
                 summary.n_skipped += 1
-            elif (source := finished.get(photo.sha256)) is not None and store.done(source, photo.sha256,
-                                                                                    self.model_sha256, given_iso):
-                store.copy_results(source, photo.key, photo.path.name)
+            elif (source := store.finished_source(photo.sha256, self.model_sha256, given_iso)) is not None:
+                store.copy_results(source, photo.key, photo.path.name)  # same bytes done under another path
                 summary.n_done += 1
             else:
                 todo.setdefault(photo.sha256, []).append(photo)
                 continue
             tick(1)
+        store.commit()
 
         groups = list(todo.values())
         backbone = self.model.backbone
@@ -190,7 +186,7 @@ class PhotoPipeline:
                         except GtlocError as exc:  # e.g. a raster that cannot be written: this photo only
                             self._fail(store, summary, groups[i], str(exc))
                 n_finished = sum(len(groups[i]) for i in [*batch.indices, *(j for j, _ in batch.failures)])
-                saver.finished(n_finished)  # before the progress report, so a caller told "n done" can read them
+                store.commit()  # one transaction per batch, before the progress report: "n done" can be read
                 tick(n_finished)
                 if cancel is not None and cancel.is_set():
                     summary.cancelled = True
@@ -198,7 +194,6 @@ class PhotoPipeline:
                     break
         finally:
             batches.close()  # stops the decoding threads now, also on cancel or an exception
-            store.save()
         return summary
 
     # ------------------------------------------------------------------------------------------ steps
@@ -247,21 +242,20 @@ class PhotoPipeline:
         candidates, regions, place_level, top_latlon = [], [], None, None
 
         if self.heads.get("location"):
-            from gtloc_engine.inference.surfaces import credible_level, find_candidates
+            from gtloc_engine.inference.surfaces import credible_level
 
-            place_query, head = image_emb, "img_gps"
+            given_emb = None
             row["place_given"] = "image"
             if self._given is not None:  # where given when: the fused image + time query (it2g)
                 row.update(place_given="image+time", given_time_local=self._given[0])
                 if not self.heads.get("it2g"):
                     notes.append(IT2G_UNTRAINED_NOTE)
-                with torch.inference_mode():
-                    place_query = self.model.fuse(torch.as_tensor(image_emb), self._given[1]).numpy()
-                head = "it2g"
-            surface = self.surface_maker.global_surface(place_query, head)
-            # Candidates are the surface's modes, far enough apart to be different places on the map; each one's
-            # probability is the posterior mass within radius_km of it.
-            for mode in find_candidates(surface, self.top_k, radius_km=self.surface_maker.config.candidate_radius_km):
+                given_emb = self._given[1]
+            # The one definition of a photo's places (Predictor.place_candidates, as the JSON output): the surface's
+            # modes, far enough apart to be different places on the map, each with the mass within radius_km.
+            place_query, head = self.predictor.place_query(image_emb, given_emb)
+            surface, modes = self.predictor.place_candidates(image_emb, self.top_k, given_emb)
+            for mode in modes:
                 candidates.append({"sha256": first.sha256, "rank": mode.rank, "probability": mode.probability,
                                    "radius_km": mode.radius_km, "lat_deg": mode.lat_deg, "lon_deg": mode.lon_deg,
                                    "geometry": Point(mode.lon_deg, mode.lat_deg)})
@@ -305,7 +299,7 @@ class PhotoPipeline:
             row.update(point_source="prediction", geometry=Point(top_latlon[1], top_latlon[0]))
         _put_map_time(row, claims, estimate)
 
-        store.embeddings[(first.sha256, self.model_sha256)] = image_emb.astype(np.float32)
+        store.set_embedding(first.sha256, self.model_sha256, image_emb)
         for photo in group:
             keyed = {"path": photo.key}
             store.set_results(photo.key, {**row, **keyed, "file_name": photo.path.name},
@@ -351,13 +345,20 @@ def _put_time(row: dict, estimate: TimeEstimate) -> None:
 
 
 def _put_map_time(row: dict, claims: ExifClaims, estimate: TimeEstimate | None) -> None:
+    """map_time_local: the local wall clock (claimed, else predicted in the reference year); map_time: it in UTC
+    (a GeoPackage DATETIME) where the UTC offset is known, else null."""
     if claims.has_time:
-        row.update(map_time=claims.local_datetime.replace(microsecond=0), map_time_source="claim")
+        local, source = claims.local_datetime.replace(microsecond=0), MAP_TIME_CLAIM
     elif estimate is not None:
         # The day the month position falls on, at the predicted local hour (whole minutes).
         day = dt.datetime(MAP_TIME_REFERENCE_YEAR, 1, 1) + dt.timedelta(days=int(estimate.month_pos * DAYS_PER_MONTH))
-        minute_of_day = min(round(estimate.hour_local * 60), 24 * 60 - 1)
-        row.update(map_time=day + dt.timedelta(minutes=minute_of_day), map_time_source="prediction")
+        local = day + dt.timedelta(minutes=min(round(estimate.hour_local * 60), 24 * 60 - 1))
+        source = MAP_TIME_PREDICTION
+    else:
+        return
+    row.update(map_time_local=local.isoformat(), map_time_source=source)
+    if claims.utc_offset_min is not None:
+        row["map_time"] = utc_datetime_text(local - dt.timedelta(minutes=claims.utc_offset_min))
 
 
 # ---------------------------------------------------------------------------------------------- run helpers
@@ -373,20 +374,6 @@ class _Ticker:
         self.done += n
         if self.progress is not None and n:
             self.progress(self.done, self.total)
-
-
-class _Saver:
-    """Writes the store every `save_every_photos` finished photos or `save_every_s` seconds."""
-
-    def __init__(self, store: ResultsStore, config: PipelineConfig):
-        self.store, self.config = store, config
-        self.pending, self.last = 0, time.monotonic()
-
-    def finished(self, n: int) -> None:
-        self.pending += n
-        if self.pending >= self.config.save_every_photos or time.monotonic() - self.last >= self.config.save_every_s:
-            self.store.save()
-            self.pending, self.last = 0, time.monotonic()
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

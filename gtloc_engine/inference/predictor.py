@@ -86,9 +86,14 @@ class Predictor:
 
     def __init__(self, model: GTLoc, *, gallery_latlon_deg: np.ndarray | None = None,
                  time_gallery_fields: np.ndarray | None = None,
-                 cache_dir: str | Path | None = None, cache: bool = True):
+                 cache_dir: str | Path | None = None, cache: bool = True, global_res_deg: float = 0.25):
         """`cache=False` computes the constants in memory only: for a model that is still training (its key changes
-        every step, so disk entries would never be read again)."""
+        every step, so disk entries would never be read again). The GPS gallery serves the paper's metrics (eval:
+        argmax over the gallery); a photo's top-k places are the modes of its likelihood surface at
+        `global_res_deg` (place_candidates), the same as in the results GeoPackage."""
+        self.cache_dir, self.cache, self.global_res_deg = cache_dir, cache, global_res_deg
+        self._surface_maker = None
+        self._gallery_emb: torch.Tensor | None = None
         self.model = model.eval()
         if gallery_latlon_deg is None:
             gallery_latlon_deg = model.gallery_latlon_deg
@@ -107,10 +112,6 @@ class Predictor:
             h_bin = np.clip((hour / 24 * HOUR_BINS).astype(int), 0, HOUR_BINS - 1)
             self._gallery_bins = m_bin * HOUR_BINS + h_bin
         if cache:
-            # Disk cache keyed by the encoders' hash: a 100K gallery costs 15-45 s on 2 cores, once per model.
-            # Copied out of the memory map: torch needs writable memory, and 100K x 512 floats is 200 MB.
-            self.gallery_emb = torch.from_numpy(np.array(cached_location_embeddings(
-                model, self.gallery_latlon_deg, name="gallery", cache_dir=cache_dir)))
             self.time_emb = torch.from_numpy(np.array(
                 cached_time_embeddings(model, self.time_grid, name="time-grid", cache_dir=cache_dir)
                 if self.time_gallery_fields is None else
@@ -118,15 +119,57 @@ class Predictor:
                                              cache_dir=cache_dir)))
         else:
             with torch.inference_mode():
-                self.gallery_emb = torch.cat([
-                    model.embed_locations(torch.as_tensor(self.gallery_latlon_deg[i:i + ENCODE_CHUNK],
-                                                          dtype=torch.float32))
-                    for i in range(0, len(self.gallery_latlon_deg), ENCODE_CHUNK)
-                ])
                 self.time_emb = (
                     model.embed_times(torch.as_tensor(self.time_grid, dtype=torch.float32))
                     if self.time_gallery_fields is None else
                     model.embed_time_fields(torch.as_tensor(self.time_gallery_fields, dtype=torch.float32)))
+
+    @property
+    def gallery_emb(self) -> torch.Tensor:
+        """(G, D) unit embeddings of the GPS gallery, computed on first use (only eval and the gallery posterior
+        need them)."""
+        if self._gallery_emb is None:
+            if self.cache:
+                # Disk cache keyed by the encoders' hash: a 100K gallery costs 15-45 s on 2 cores, once per model.
+                # Copied out of the memory map: torch needs writable memory, and 100K x 512 floats is 200 MB.
+                self._gallery_emb = torch.from_numpy(np.array(cached_location_embeddings(
+                    self.model, self.gallery_latlon_deg, name="gallery", cache_dir=self.cache_dir)))
+            else:
+                with torch.inference_mode():
+                    self._gallery_emb = torch.cat([
+                        self.model.embed_locations(torch.as_tensor(self.gallery_latlon_deg[i:i + ENCODE_CHUNK],
+                                                                   dtype=torch.float32))
+                        for i in range(0, len(self.gallery_latlon_deg), ENCODE_CHUNK)
+                    ]) if len(self.gallery_latlon_deg) else torch.zeros((0, self.model.cfg.embed_dim))
+        return self._gallery_emb
+
+    @property
+    def surface_maker(self):
+        """Built on first use: its grid constants are only needed when places are predicted."""
+        if self._surface_maker is None:
+            from gtloc_engine.inference.surfaces import SurfaceMaker
+
+            self._surface_maker = SurfaceMaker(self.model, global_res_deg=self.global_res_deg,
+                                               cache_dir=self.cache_dir)
+        return self._surface_maker
+
+    def place_query(self, image_emb: np.ndarray, given_time_emb: torch.Tensor | None = None) -> tuple[np.ndarray, str]:
+        """The query and head of a photo's location surface: the image (img_gps), or, given a known time, the fused
+        image + time embedding (it2g: where given when)."""
+        if given_time_emb is None:
+            return np.asarray(image_emb, dtype=np.float32), "img_gps"
+        with torch.inference_mode():
+            return self.model.fuse(torch.as_tensor(image_emb, dtype=torch.float32), given_time_emb).numpy(), "it2g"
+
+    def place_candidates(self, image_emb: np.ndarray, k: int, given_time_emb: torch.Tensor | None = None):
+        """(global surface, top-k candidates): a photo's places as an analyst reads them, the surface's modes at
+        least 200 km apart, each with the posterior mass within radius_km. JSON, GeoPackage, worker and plugin all
+        take a photo's top-k places from here."""
+        from gtloc_engine.inference.surfaces import find_candidates
+
+        query, head = self.place_query(image_emb, given_time_emb)
+        surface = self.surface_maker.global_surface(query, head)
+        return surface, find_candidates(surface, k, radius_km=self.surface_maker.config.candidate_radius_km)
 
     def embed_photos(self, paths: Sequence[str | Path], *, batch_size: int = 32, workers: int = 2
                      ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
@@ -188,29 +231,19 @@ class Predictor:
         _, h_spread = circular_mean_spread(hours, h_marg, 24.0)
         return TimeEstimate(float(months[m_marg.argmax()]), float(hours[h_marg.argmax()]), m_spread, h_spread, grid)
 
-    def top_places(self, probs: np.ndarray, k: int) -> list[dict]:
-        k = min(k, len(probs))
-        top = np.argpartition(-probs, k - 1)[:k] if k > 0 else np.zeros(0, dtype=int)  # O(G), not a full sort
-        order = top[np.argsort(-probs[top], kind="stable")]
-        return [
-            {"lat_deg": round(float(self.gallery_latlon_deg[j, 0]), 6),
-             "lon_deg": round(float(self.gallery_latlon_deg[j, 1]), 6),
-             "probability": float(probs[j])}
-            for j in order
-        ]
-
     def predict_embeddings(self, image_emb: np.ndarray, *, top_k: int = 5, given_time=None) -> list[dict]:
         """JSON-ready predictions; a head the checkpoint never trained gives a note instead of noise.
 
-        `given_time` (a known local time: ISO string or LocalTime) predicts the places given it (it2g)."""
+        `places` are the top-k candidates of place_candidates (rank, lat_deg, lon_deg, probability = posterior mass
+        within radius_km); `given_time` (a known local time: ISO string or LocalTime) predicts them given it (it2g)."""
         trained = self.model.heads_trained
         given_emb = self.given_time_embedding(given_time) if given_time is not None else None
-        loc = self.location_posterior(image_emb, given_emb) if trained.get("location") else None
         tim = self.time_posterior(image_emb) if trained.get("time") else None
         out = []
         for i in range(len(image_emb)):
             item: dict = {}
-            item["places"] = self.top_places(loc[i], top_k) if loc is not None else None
+            item["places"] = ([c.to_json() for c in self.place_candidates(image_emb[i], top_k, given_emb)[1]]
+                              if trained.get("location") else None)
             item["time"] = self.estimate_time(tim[i]).to_json() if tim is not None else None
             notes = [f"{head} head not trained" for head in ("location", "time") if not trained.get(head)]
             if given_emb is not None:

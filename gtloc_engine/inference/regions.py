@@ -49,7 +49,7 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, shape
 
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.inference.surfaces import Surface
+from gtloc_engine.geo import Surface
 
 WGS84 = Geod(ellps="WGS84")
 PARALLEL_STEP_DEG = 0.05  # a geodesic over 0.05 deg of a parallel strays from it by centimetres

@@ -1,22 +1,49 @@
-"""The results GeoPackage: read an existing one back, write all of it atomically (temp file + os.replace).
+"""The results GeoPackage as a database: rows are replaced per photo inside SQLite transactions on the file itself.
 
-Layers (EPSG:4326; geometries in lon/lat axis order, as GeoPackage and QGIS expect):
+Layers and tables (the schema, as data: io/results_schema.py; in words: docs/geopackage.md):
     photos      Point   one row per photo path: at the claimed place if any, else the most likely one
     candidates  Point   top-k places per photo path (rank; probability = posterior mass within radius_km)
     regions     MultiPolygon  credible regions per photo path (level 0.5 / 0.9, geodesic area, mass)
     failures    table   photos that could not be processed: path, reason, failed_at_utc
     embeddings  table   image embeddings: sha256, model_sha256, dim, embedding (float32 little-endian BLOB)
-
     gtloc_info  table   key/value: format "gtloc-results", format_version, engine_version
 
-Written as GeoPackage 1.2 (GPKG_VERSION), which QGIS 3.22's GDAL reads without a version warning.
-A file is recognised as ours by its gtloc_info table; any other existing
-file (another GeoPackage, a text file, a folder) is refused with one error line and never overwritten.
+Writing. The file is a GeoPackage 1.2 written here with sqlite3 (no GDAL): the gpkg_* tables, StandardGeoPackageBinary
+geometries with their envelope, an R-tree spatial index per layer with the standard triggers (the ST_* functions
+they call are registered on the connection), gpkg_contents extents widened as rows arrive. A new file is built
+under a temp name and linked into place (never over an existing file); from then on every change is a
+transaction on the file: set_results / copy_results / set_failure / set_embedding buffer one batch of rows in
+memory and commit() writes them in one short transaction (rows of a path replaced, never appended twice). A crash
+or kill -9 keeps every committed batch and leaves a valid file (SQLite rolls back an unfinished transaction on
+the next open). Cost per photo stays flat: indexed deletes and inserts, no whole-file rewrite, nothing held but
+the open batch.
+
+Journal: WAL on local disks (JOURNAL_MODE 'auto'). QGIS (3.22 with GDAL >= 3.4.2) opens a GeoPackage it only reads
+with GDAL's NOLOCK=ON, i.e. without SQLite locks, which GDAL ignores for a file in WAL mode: in rollback-journal mode
+such a reader sees pages half-way through a commit ('database disk image is malformed', tables missing), in WAL mode
+never (commits go to the -wal file, readers keep a consistent snapshot; measured in bench/README.md). WAL keeps
+-wal/-shm files next to the .gpkg while a connection is open, and the last commits live in the -wal file until a
+checkpoint; close() checkpoints everything into the .gpkg (and SQLite removes both files when the last
+connection closes). On a network drive, where WAL's shared memory does not work (QGIS also keeps such files out
+of WAL), the rollback journal ('delete') is used. A reader holding a lock past busy_timeout_s (rollback mode, or
+another writer) only postpones a commit: the rows stay buffered and go with the next commit; close() waits longer
+and then fails with one line.
+
+Reading. Resume looks rows up by index (done, finished_source: path, sha256, model_sha256, given_time_local);
+nothing is loaded whole. photos / candidates / regions / failures / embeddings read every row of the file for
+tools and tests. While a store has a file open, do not open that file with GDAL (pyogrio, fiona, rasterio) in the
+same process: GDAL carries its own SQLite, and its closing the file would drop this connection's POSIX locks
+(sqlite.org/howtocorrupt.html, "multiple copies of SQLite"); read it from another process or with sqlite3.
+
+A file is recognised as ours by its gtloc_info table; any other existing file (another GeoPackage, a text file,
+a folder) is refused with one error line and never written to. A file of format version 1 (gtloc before the
+incremental store) is upgraded in place, in one transaction, when it is opened for writing.
 
 Public surface:
-    PHOTO_FIELDS, CANDIDATE_FIELDS, REGION_FIELDS, FAILURE_FIELDS   field name -> kind (the schema, as data)
-    ResultsStore    rows keyed by photo path, loaded from / saved to one GeoPackage
+    PHOTO_FIELDS, CANDIDATE_FIELDS, REGION_FIELDS, FAILURE_FIELDS   field name -> kind (from results_schema)
+    ResultsStore    ResultsStore.open(path) -> lookups, buffered writes, commit(), close()
     check_results_path  refuse a name that is not .gpkg or a file that is not ours, before any work starts
+    JOURNAL_MODES, JOURNAL_MODE
 """
 
 from __future__ import annotations
@@ -25,154 +52,370 @@ import datetime as dt
 import logging
 import math
 import os
+import secrets
 import sqlite3
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
-import pyogrio
+import shapely
+from shapely.geometry import MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from gtloc_engine import __version__
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.io.atomic import atomic_write
+from gtloc_engine.io import results_schema as schema
+from gtloc_engine.io.results_schema import (  # noqa: F401  (re-exported: the store's field kinds and names)
+    CANDIDATE_FIELDS,
+    EMBEDDINGS_TABLE,
+    FAILURE_FIELDS,
+    FORMAT,
+    FORMAT_VERSION,
+    GPKG_VERSION,
+    INFO_TABLE,
+    PHOTO_FIELDS,
+    REGION_FIELDS,
+)
 
-# pyogrio logs "Created N records" at INFO for every layer it writes: noise in a CLI that logs at INFO.
-logging.getLogger("pyogrio").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
-FORMAT = "gtloc-results"
-FORMAT_VERSION = 1  # bump on any change an older reader would misread
 CRS = "EPSG:4326"
-# GeoPackage 1.2: the engine's GDAL (3.12 via pyogrio) writes 1.4 by default, which the GDAL under QGIS 3.22 (3.6
-# here) opens with a warning that it "may only be partially supported"; nothing here needs 1.3 or 1.4.
-GPKG_VERSION = "1.2"
-
-# Field kinds: 'str', 'float', 'int', 'bool', 'datetime'; every field may be null.
-PHOTO_FIELDS: dict[str, str] = {
-    "path": "str", "file_name": "str", "sha256": "str", "model_sha256": "str", "point_source": "str",
-    "claimed_lat_deg": "float", "claimed_lon_deg": "float", "claimed_time_local": "str",
-    "claimed_utc_offset_min": "int", "pred_lat_deg": "float", "pred_lon_deg": "float", "top1_prob": "float",
-    "pred_month": "int", "pred_month_pos": "float", "pred_hour_local": "float", "month_spread": "float",
-    "hour_spread": "float", "time_given": "str", "place_given": "str", "given_time_local": "str", "place_level": "float", "place_dist_km": "float",
-    "place_in_90": "bool", "time_level": "float", "claim_month_err": "float", "claim_hour_err": "float",
-    "place_verdict": "str", "time_verdict": "str", "verdict": "str", "map_time": "datetime",
-    "map_time_source": "str", "time_posterior": "str", "raster_global": "str", "raster_regional": "str",
-    "notes": "str", "processed_at_utc": "str",
-}
-CANDIDATE_FIELDS = {"path": "str", "sha256": "str", "rank": "int", "probability": "float", "radius_km": "float",
-                    "lat_deg": "float", "lon_deg": "float"}
-REGION_FIELDS = {"path": "str", "sha256": "str", "level": "float", "area_km2": "float", "mass": "float"}
-FAILURE_FIELDS = {"path": "str", "reason": "str", "failed_at_utc": "str"}
-_LAYERS = {"photos": ("Point", PHOTO_FIELDS), "candidates": ("Point", CANDIDATE_FIELDS),
-           "regions": ("MultiPolygon", REGION_FIELDS)}
-_PANDAS_DTYPES = {"str": object, "float": "float64", "int": "Int64", "bool": "boolean", "datetime": "datetime64[ms]"}
-EMBEDDINGS_TABLE = "embeddings"
-INFO_TABLE = "gtloc_info"  # key/value: format, format_version, engine_version (how a file is recognised)
+JOURNAL_MODES = ("auto", "wal", "delete")
+JOURNAL_MODE = "auto"  # WAL on a local disk, the rollback journal ('delete') on a network drive
+_NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs",
+                         "lustre", "gpfs", "fuse.sshfs", "sshfs", "davfs", "fuse.davfs2", "ncpfs", "coda"}
+BUSY_TIMEOUT_S = 5.0  # one commit waits this long for a reader's lock, then is postponed to the next commit
+CLOSE_WAIT_S = 120.0  # close() keeps trying this long before giving up with one line
+MAX_PENDING_OPS = 2000  # buffered writes beyond this wait (CLOSE_WAIT_S) instead of growing in memory
+_GEOMETRY = schema.GEOMETRY_COLUMN
+_BUSY_WORDS = ("locked", "busy")
 
 
-@dataclass
 class ResultsStore:
-    """Every row of a results GeoPackage in memory, keyed by photo path (absolute); `save` writes it all.
+    """One results GeoPackage opened for writing: indexed lookups, buffered per-photo writes, commit per batch.
 
-    photos[path] is a dict of PHOTO_FIELDS plus 'geometry' (shapely Point or None); candidates[path] and
-    regions[path] are lists of such dicts; failures[path] one dict; embeddings[(sha256, model_sha256)] a
-    float32 vector. Setting a path's results drops its failure, and a failure drops its results.
+    Writes: set_results(path, photo, candidates, regions) replaces every row of that path (and drops its failure),
+    copy_results(source, path, file_name) gives a path the rows of another with the same bytes, set_failure drops
+    a path's results and records why, set_embedding(sha256, model, vector). They are checked against the schema at
+    once (ValueError for a field or value it does not allow) and written by commit(). Rows are dicts of
+    PHOTO_FIELDS / CANDIDATE_FIELDS / REGION_FIELDS (missing fields are null) plus 'geometry' (shapely or None).
     """
 
-    path: Path
-    photos: dict[str, dict] = field(default_factory=dict)
-    candidates: dict[str, list[dict]] = field(default_factory=dict)
-    regions: dict[str, list[dict]] = field(default_factory=dict)
-    failures: dict[str, dict] = field(default_factory=dict)
-    embeddings: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    def __init__(self, path: Path, db: sqlite3.Connection, journal_mode: str):
+        self.path = path
+        self.journal_mode = journal_mode
+        self._db = db
+        self._pending: deque[Callable[[], None]] = deque()  # buffered writes, not yet in a transaction
+        self._applied: list[Callable[[], None]] = []  # writes in the open transaction, replayed if it is undone
+        self._touched: dict[str, tuple[float, float, float, float] | None] = {}  # table -> new rows' extent
+
+    # ------------------------------------------------------------------------------------------ open / close
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> ResultsStore:
-        """The store of an existing results GeoPackage, or an empty one; GtlocError for any other file."""
+    def open(cls, path: str | os.PathLike, *, journal_mode: str = JOURNAL_MODE,
+             busy_timeout_s: float = BUSY_TIMEOUT_S) -> ResultsStore:
+        """The results GeoPackage at `path`, created empty (and valid) if missing; GtlocError for any other file."""
+        if journal_mode not in JOURNAL_MODES:
+            raise ValueError(f"journal_mode {journal_mode!r} must be one of {JOURNAL_MODES}")
         path = Path(path)
         check_results_path(path)
-        store = cls(path)
-        if not os.path.lexists(path):
-            return store
-        for name, kind in (("photos", PHOTO_FIELDS), ("candidates", CANDIDATE_FIELDS), ("regions", REGION_FIELDS),
-                           ("failures", FAILURE_FIELDS)):
-            for row in _read_rows(path, name, kind):
-                if name == "photos":
-                    store.photos[row["path"]] = row
-                elif name == "failures":
-                    store.failures[row["path"]] = row
-                else:
-                    getattr(store, name).setdefault(row["path"], []).append(row)
-        store.embeddings = _read_embeddings(path)
-        return store
+        try:
+            if not os.path.lexists(path):
+                _create(path)
+            db = _connect(path, busy_timeout_s)
+        except (OSError, sqlite3.Error) as exc:
+            raise GtlocError(f"cannot write the results GeoPackage '{path}' ({exc}); check that its folder exists and "
+                             "is writable, or choose another --out") from None
+        if journal_mode == "auto":
+            journal_mode = "delete" if _on_network_drive(path) else "wal"
+        try:
+            _check_ours(path)  # someone may have put another file there since the check
+            mode = db.execute(f"PRAGMA journal_mode = {journal_mode}").fetchone()[0]
+            if mode != journal_mode:  # e.g. another program holds it open in WAL mode: works either way
+                log.info("'%s' stays in %s journal mode (asked for %s)", path, mode, journal_mode)
+            _upgrade(db, path)
+        except BaseException:
+            db.close()
+            raise
+        return cls(path, db, mode)
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Commit what is buffered (waiting up to CLOSE_WAIT_S for other programs' locks), move every commit from
+        the -wal file into the .gpkg (WAL mode), and close the file."""
+        if self._db is None:
+            return
+        try:
+            self._commit_waiting(CLOSE_WAIT_S)
+            self._checkpoint()
+        finally:
+            if self._db.in_transaction:
+                self._db.rollback()
+            self._db.close()
+            self._db = None
+
+    # ------------------------------------------------------------------------------------------ lookups
 
     def done(self, photo_path: str, sha256: str, model_sha256: str, given_time_local: str | None = None) -> bool:
         """True when this path already has results for these bytes from this model, given the same known time."""
-        row = self.photos.get(photo_path)
-        return (row is not None and row["sha256"] == sha256 and row["model_sha256"] == model_sha256
-                and row.get("given_time_local") == given_time_local)
+        return self._one("SELECT 1 FROM photos WHERE path = ? AND sha256 = ? AND model_sha256 = ? "
+                         "AND given_time_local IS ?", (photo_path, sha256, model_sha256, given_time_local)) is not None
+
+    def finished_source(self, sha256: str, model_sha256: str, given_time_local: str | None = None) -> str | None:
+        """A path that holds finished results for these bytes from this model and known time, or None."""
+        row = self._one("SELECT path FROM photos WHERE sha256 = ? AND model_sha256 = ? AND given_time_local IS ? "
+                        "ORDER BY fid LIMIT 1", (sha256, model_sha256, given_time_local))
+        return None if row is None else row[0]
+
+    def keys(self) -> list[tuple[str, str | None, str | None, str | None]]:
+        """(path, sha256, model_sha256, given_time_local) of every photo row: what resume compares, nothing more."""
+        self._flush_for_reading()
+        return self._db.execute("SELECT path, sha256, model_sha256, given_time_local FROM photos ORDER BY fid"
+                                ).fetchall()
+
+    # ------------------------------------------------------------------------------------------ writes
 
     def set_results(self, photo_path: str, photo: dict, candidates: list[dict], regions: list[dict]) -> None:
-        self.photos[photo_path] = photo
-        self.candidates[photo_path] = candidates
-        self.regions[photo_path] = regions
-        self.failures.pop(photo_path, None)
+        """Replace every row of `photo_path` with these (its failure, if any, is dropped)."""
+        photo_row = self._feature_params(schema.PHOTOS, {**photo, "path": photo_path})
+        candidate_rows = [self._feature_params(schema.CANDIDATES, {**c, "path": photo_path}) for c in candidates]
+        region_rows = [self._feature_params(schema.REGIONS, {**r, "path": photo_path}) for r in regions]
+
+        def write() -> None:
+            self._delete_path(photo_path, ("photos", "candidates", "regions", "failures"))
+            self._db.execute(_INSERT["photos"], photo_row)
+            self._db.executemany(_INSERT["candidates"], candidate_rows)
+            self._db.executemany(_INSERT["regions"], region_rows)
+
+        self._add(write)
 
     def copy_results(self, source_path: str, photo_path: str, file_name: str) -> None:
-        """Give `photo_path` the results of `source_path` (same bytes, same model): one row per path."""
-        renamed = {"path": photo_path}
-        photo = {**self.photos[source_path], **renamed, "file_name": file_name}
-        self.set_results(photo_path, photo, [{**c, **renamed} for c in self.candidates.get(source_path, [])],
-                         [{**r, **renamed} for r in self.regions.get(source_path, [])])
+        """Give `photo_path` the rows of `source_path` (same bytes, same model): one row per path, computed once."""
+        def write() -> None:
+            self._delete_path(photo_path, ("photos", "candidates", "regions", "failures"))
+            for table in schema.LAYERS:
+                names = [f.name for f in table.fields]
+                values = [("?" if n in ("path", "file_name") else _quote(n)) for n in names]
+                params = [photo_path, file_name] if table is schema.PHOTOS else [photo_path]
+                self._db.execute(
+                    f"INSERT INTO {table.name} ({_GEOMETRY}, {', '.join(map(_quote, names))}) "
+                    f"SELECT {_GEOMETRY}, {', '.join(values)} FROM {table.name} WHERE path = ? ORDER BY fid",
+                    (*params, source_path))
+
+        self._add(write)
 
     def set_failure(self, photo_path: str, reason: str) -> None:
-        self.failures[photo_path] = {"path": photo_path, "reason": reason,
-                                     "failed_at_utc": dt.datetime.now(dt.UTC).isoformat()}
-        for rows in (self.photos, self.candidates, self.regions):
-            rows.pop(photo_path, None)
+        """Record why `photo_path` failed; its results, if any, are dropped."""
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"a failure needs a reason, got {reason!r}")
+        row = (photo_path, reason, dt.datetime.now(dt.UTC).isoformat())
+
+        def write() -> None:
+            self._delete_path(photo_path, ("photos", "candidates", "regions", "failures"))
+            self._db.execute("INSERT INTO failures (path, reason, failed_at_utc) VALUES (?, ?, ?)", row)
+
+        self._add(write, table="failures")
+
+    def set_embedding(self, sha256: str, model_sha256: str, embedding: np.ndarray) -> None:
+        """Store (or replace) the image embedding of these bytes under this model, as float32 little-endian."""
+        vector = np.asarray(embedding, dtype="<f4").ravel()
+        row = (sha256, model_sha256, int(vector.size), vector.tobytes())
+
+        def write() -> None:
+            self._db.execute(
+                "INSERT INTO embeddings (sha256, model_sha256, dim, embedding) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sha256, model_sha256) DO UPDATE SET dim = excluded.dim, embedding = excluded.embedding",
+                row)
+
+        self._add(write, table="embeddings")
+
+    def commit(self) -> bool:
+        """Write the buffered rows in one transaction. False when another program's lock outlasted busy_timeout_s:
+        the transaction is rolled back (no lock is kept while waiting) and its rows go with the next commit."""
+        try:
+            self._flush()
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                self._abandon(exc)
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._pending.extendleft(reversed(self._applied))  # every write is idempotent: replay them all
+            self._applied.clear()
+            log.warning("'%s' is locked by another program (%s); its new rows wait for the next commit",
+                        self.path, exc)
+            return False
+        except sqlite3.Error as exc:
+            self._abandon(exc)
+        self._applied.clear()
+        self._touched.clear()
+        return True
 
     def save(self) -> Path:
-        """Write every layer and table to a temp file next to the target, then os.replace it over the target."""
-        if os.path.lexists(self.path):
-            _check_ours(self.path)  # someone may have put another file there since open()
-        return atomic_write(self.path, self._write)
+        """commit(), waiting for other programs' locks as close() does, and move the commits from the -wal file into
+        the .gpkg, so that the .gpkg alone holds them; the file's path (for older callers)."""
+        self._commit_waiting(CLOSE_WAIT_S)
+        self._checkpoint()
+        return self.path
 
-    def _write(self, tmp: Path) -> None:
-        # GDAL wants a .gpkg extension (it warns otherwise), so build under that name and move it onto `tmp`.
-        building = tmp.with_name(tmp.name + ".gpkg")
-        try:
-            self._write_gpkg(building)
-            os.replace(building, tmp)
-        finally:
-            building.unlink(missing_ok=True)
+    # ------------------------------------------------------------------------------------------ full reads
 
-    def _write_gpkg(self, target: Path) -> None:
-        layers = {"photos": list(self.photos.values()),
-                  "candidates": [row for rows in self.candidates.values() for row in rows],
-                  "regions": [row for rows in self.regions.values() for row in rows]}
-        for name, rows in layers.items():
-            geometry_type, kinds = _LAYERS[name]
-            frame = gpd.GeoDataFrame(_columns(rows, kinds), geometry=[r.get("geometry") for r in rows], crs=CRS)
-            pyogrio.write_dataframe(frame, target, layer=name, driver="GPKG", geometry_type=geometry_type,
-                                    promote_to_multi=geometry_type.startswith("Multi"),
-                                    dataset_options={"VERSION": GPKG_VERSION})  # used when the file is created
-        pyogrio.write_dataframe(pd.DataFrame(_columns(list(self.failures.values()), FAILURE_FIELDS)), target,
-                                layer="failures", driver="GPKG")
-        with closing(sqlite3.connect(target)) as db, db:
-            _create_attributes_table(db, INFO_TABLE, "key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL",
-                                     "what wrote this file")
-            db.executemany(f"INSERT INTO {INFO_TABLE} (key, value) VALUES (?, ?)",
-                           [("format", FORMAT), ("format_version", str(FORMAT_VERSION)),
-                            ("engine_version", __version__)])
-            _create_attributes_table(db, EMBEDDINGS_TABLE, "fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
-                                     "sha256 TEXT NOT NULL, model_sha256 TEXT NOT NULL, dim INTEGER NOT NULL, "
-                                     "embedding BLOB NOT NULL", "image embeddings, float32 little-endian")
-            db.executemany(f"INSERT INTO {EMBEDDINGS_TABLE} (sha256, model_sha256, dim, embedding) VALUES (?, ?, ?, ?)",
-                           [(sha, model, int(vec.size), np.asarray(vec, dtype="<f4").tobytes())
-                            for (sha, model), vec in self.embeddings.items()])
+    @property
+    def photos(self) -> dict[str, dict]:
+        """Every photo row keyed by path (read from the file; for tools and tests, not for resume)."""
+        return {row["path"]: row for row in self._read_features(schema.PHOTOS)}
+
+    @property
+    def candidates(self) -> dict[str, list[dict]]:
+        return self._grouped(schema.CANDIDATES)
+
+    @property
+    def regions(self) -> dict[str, list[dict]]:
+        return self._grouped(schema.REGIONS)
+
+    @property
+    def failures(self) -> dict[str, dict]:
+        self._flush_for_reading()
+        rows = self._db.execute("SELECT path, reason, failed_at_utc FROM failures ORDER BY fid").fetchall()
+        return {path: {"path": path, "reason": reason, "failed_at_utc": at} for path, reason, at in rows}
+
+    @property
+    def embeddings(self) -> dict[tuple[str, str], np.ndarray]:
+        self._flush_for_reading()
+        rows = self._db.execute("SELECT sha256, model_sha256, dim, embedding FROM embeddings ORDER BY fid").fetchall()
+        return {(sha, model): np.frombuffer(blob, dtype="<f4", count=dim).copy() for sha, model, dim, blob in rows}
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _add(self, write: Callable[[], None], table: str | None = None) -> None:
+        if self._db is None:
+            raise GtlocError(f"results GeoPackage '{self.path}' is closed")
+        self._pending.append(write)
+        if table is not None:
+            self._touched.setdefault(table, None)
+        if len(self._pending) >= MAX_PENDING_OPS:
+            self._commit_waiting(CLOSE_WAIT_S)
+
+    def _flush(self) -> None:
+        """Apply the buffered writes inside the open transaction (begun here); every write is idempotent (it first
+        deletes what it replaces), so one interrupted by a lock is simply run again."""
+        if not self._pending:
+            return
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+        while self._pending:
+            self._pending[0]()
+            self._applied.append(self._pending.popleft())
+        self._update_contents()
+
+    def _abandon(self, exc: sqlite3.Error) -> None:
+        """A write SQLite refuses for another reason than a lock (disk full, read-only file): roll the open
+        transaction back, drop the buffered rows and say so in one line (committed batches stay)."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        lost = len(self._pending) + len(self._applied)
+        self._pending.clear()
+        self._applied.clear()
+        self._touched.clear()
+        raise GtlocError(f"cannot write to '{self.path}' ({exc}); the last {lost} changes were not saved, the "
+                         "photos finished before are kept; free disk space or check the file's permissions and run "
+                         "again") from None
+
+    def _checkpoint(self) -> None:
+        """WAL mode: copy every committed page into the .gpkg and empty the -wal file. Best effort: frames a reader
+        is still reading stay in the -wal file for the next checkpoint."""
+        if self.journal_mode == "wal":
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def _commit_waiting(self, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while not self.commit():
+            if time.monotonic() > deadline:
+                raise GtlocError(f"'{self.path}' stayed locked by another program for {wait_s:.0f} s, so the last "
+                                 "results could not be written; close the program holding it and run again (finished "
+                                 "photos are kept)")
+            time.sleep(0.2)
+
+    def _one(self, sql: str, params: tuple):
+        self._flush_for_reading()  # a lookup sees this run's own writes
+        return self._db.execute(sql, params).fetchone()
+
+    def _flush_for_reading(self) -> None:
+        """_flush, waiting up to CLOSE_WAIT_S for another writer's lock: a lookup must see the buffered writes."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while True:
+            try:
+                return self._flush()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    self._abandon(exc)
+                if time.monotonic() > deadline:
+                    raise GtlocError(f"'{self.path}' stayed locked by another program for {CLOSE_WAIT_S:.0f} s; "
+                                     "close the program holding it and run again") from None
+                time.sleep(0.2)
+
+    def _delete_path(self, photo_path: str, tables: tuple[str, ...]) -> None:
+        for table in tables:
+            self._db.execute(f"DELETE FROM {table} WHERE path = ?", (photo_path,))
+            self._touched.setdefault(table, None)
+
+    def _feature_params(self, table: schema.Table, row: dict) -> tuple:
+        """(geometry blob, field values...) in column order, checked against the schema; the layer's extent grows."""
+        unknown = set(row) - {*table.field_names, "geometry"}
+        if unknown:
+            raise ValueError(f"{table.name} has no fields {sorted(unknown)}")
+        geometry = _layer_geometry(table, row.get("geometry"))
+        blob = None
+        if geometry is not None:
+            blob, bounds = gpkg_geometry_blob(geometry)
+            old = self._touched.get(table.name)
+            self._touched[table.name] = bounds if old is None else (
+                min(old[0], bounds[0]), min(old[1], bounds[1]), max(old[2], bounds[2]), max(old[3], bounds[3]))
+        else:
+            self._touched.setdefault(table.name, None)
+        return (blob, *(_sql_value(table, f, row.get(f.name)) for f in table.fields))
+
+    def _update_contents(self) -> None:
+        """last_change of every table written in this transaction; layers' extents widened by their new rows."""
+        now = schema.utc_datetime_text(dt.datetime.now(dt.UTC))
+        for table, bounds in self._touched.items():
+            if bounds is None:
+                self._db.execute("UPDATE gpkg_contents SET last_change = ? WHERE table_name = ?", (now, table))
+            else:
+                self._db.execute(
+                    "UPDATE gpkg_contents SET last_change = ?, min_x = min(ifnull(min_x, ?), ?), "
+                    "min_y = min(ifnull(min_y, ?), ?), max_x = max(ifnull(max_x, ?), ?), "
+                    "max_y = max(ifnull(max_y, ?), ?) WHERE table_name = ?",
+                    (now, bounds[0], bounds[0], bounds[1], bounds[1], bounds[2], bounds[2], bounds[3], bounds[3],
+                     table))
+
+    def _read_features(self, table: schema.Table) -> list[dict]:
+        self._flush_for_reading()
+        names = table.field_names
+        rows = self._db.execute(f"SELECT {_GEOMETRY}, {', '.join(map(_quote, names))} FROM {table.name} "
+                                "ORDER BY fid").fetchall()
+        out = []
+        for blob, *values in rows:
+            row = {name: _python_value(table.field(name), value) for name, value in zip(names, values)}
+            row["geometry"] = geometry_from_blob(blob)
+            out.append(row)
+        return out
+
+    def _grouped(self, table: schema.Table) -> dict[str, list[dict]]:
+        grouped: dict[str, list[dict]] = {}
+        for row in self._read_features(table):
+            grouped.setdefault(row["path"], []).append(row)
+        return grouped
 
 
 def check_results_path(path: str | os.PathLike) -> None:
@@ -184,7 +427,288 @@ def check_results_path(path: str | os.PathLike) -> None:
         _check_ours(path)
 
 
-# ---------------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------------- geometries
+
+
+def gpkg_geometry_blob(geometry: BaseGeometry) -> tuple[bytes, tuple[float, float, float, float]]:
+    """StandardGeoPackageBinary (spec 2.1.3): 'GP', version 0, flags (little-endian, envelope [minx, maxx, miny,
+    maxy]), srs_id, envelope, then little-endian WKB; and the (minx, miny, maxx, maxy) bounds."""
+    minx, miny, maxx, maxy = shapely.bounds(geometry).tolist()
+    header = struct.pack("<2sBBi4d", b"GP", 0, 0b0000_0011, schema.SRS_ID, minx, maxx, miny, maxy)
+    return header + shapely.to_wkb(geometry, byte_order=1, output_dimension=2), (minx, miny, maxx, maxy)
+
+
+def geometry_from_blob(blob: bytes | None) -> BaseGeometry | None:
+    if blob is None:
+        return None
+    flags = blob[3]
+    if (flags >> 4) & 1:  # empty
+        return None
+    return shapely.from_wkb(bytes(blob[8 + _ENVELOPE_BYTES[(flags >> 1) & 7]:]))
+
+
+_ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
+
+
+def _envelope(blob: bytes | None) -> tuple[float, float, float, float] | None:
+    """(minx, maxx, miny, maxy) of a GeoPackage geometry blob, from its envelope or else its WKB."""
+    if blob is None or len(blob) < 8 or (blob[3] >> 4) & 1:
+        return None
+    flags = blob[3]
+    if (flags >> 1) & 7:
+        return struct.unpack(("<" if flags & 1 else ">") + "4d", blob[8:40])
+    geometry = shapely.from_wkb(bytes(blob[8:]))
+    if geometry.is_empty:
+        return None
+    minx, miny, maxx, maxy = geometry.bounds
+    return minx, maxx, miny, maxy
+
+
+def _st(index: int) -> Callable[[bytes | None], float | None]:
+    def function(blob):
+        envelope = _envelope(blob)
+        return None if envelope is None else envelope[index]
+    return function
+
+
+def _st_is_empty(blob: bytes | None) -> int | None:
+    if blob is None:
+        return None
+    return int(_envelope(blob) is None)
+
+
+def _layer_geometry(table: schema.Table, geometry) -> BaseGeometry | None:
+    """The geometry a layer stores: its own type (a Polygon becomes a MultiPolygon), or None for none/empty."""
+    if geometry is None:
+        return None
+    if not isinstance(geometry, BaseGeometry):
+        raise ValueError(f"{table.name} geometry must be a shapely geometry or None, got {type(geometry).__name__}")
+    if geometry.is_empty:
+        return None  # stored as NULL: an empty geometry has no place on the map
+    if table.geometry_type == "MULTIPOLYGON" and isinstance(geometry, Polygon):
+        geometry = MultiPolygon([geometry])
+    wanted = {"POINT": Point, "MULTIPOLYGON": MultiPolygon}[table.geometry_type]
+    if not isinstance(geometry, wanted):
+        raise ValueError(f"{table.name} stores {table.geometry_type} geometries, got {geometry.geom_type}")
+    return geometry
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+def _sql_value(table: schema.Table, field: schema.Field, value):
+    """A Python value as the SQL value its field stores; ValueError for a kind or value the schema does not allow."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        if field.required:
+            raise ValueError(f"{table.name}.{field.name} must not be null")
+        return None
+    kind = field.kind
+    try:
+        if kind == "str":
+            if not isinstance(value, str):
+                raise TypeError
+            out = str(value)
+        elif kind == "float":
+            if isinstance(value, (str, bytes, bool)):
+                raise TypeError
+            out = float(value)
+            if math.isnan(out):
+                return None
+        elif kind == "int":
+            if isinstance(value, (str, bytes, float, bool)) or isinstance(value, np.bool_):
+                raise TypeError
+            out = int(value)
+        elif kind == "bool":
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError
+            out = int(bool(value))
+        elif kind == "datetime":
+            if isinstance(value, dt.datetime):
+                if value.tzinfo is None:
+                    raise ValueError(f"{table.name}.{field.name} is UTC: give an aware datetime or "
+                                     "'YYYY-MM-DDTHH:MM:SS.SSSZ', got a naive datetime")
+                out = schema.utc_datetime_text(value)
+            elif isinstance(value, str) and schema.is_utc_datetime_text(value):
+                out = value
+            else:
+                raise TypeError
+        else:  # blob
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise TypeError
+            out = bytes(value)
+    except (TypeError, OverflowError):
+        raise ValueError(f"{table.name}.{field.name} is {kind}, got {value!r}") from None
+    if field.allowed and out not in field.allowed:
+        raise ValueError(f"{table.name}.{field.name} must be one of {field.allowed} or null, got {out!r}")
+    return out
+
+
+def _python_value(field: schema.Field, value):
+    if value is None:
+        return None
+    if field.kind == "bool":
+        return bool(value)
+    if field.kind == "float":
+        return float(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- the file
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _column_defs(table: schema.Table) -> str:
+    columns = [f"{schema.FID_COLUMN} INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL"]
+    if table.geometry_type is not None:
+        columns.append(f"{_GEOMETRY} {table.geometry_type}")
+    columns += [f"{_quote(f.name)} {f.sql_type}{' NOT NULL' if f.required else ''}" for f in table.fields]
+    return ", ".join(columns)
+
+
+_INSERT = {t.name: f"INSERT INTO {t.name} ({_GEOMETRY}, {', '.join(map(_quote, t.field_names))}) "
+                   f"VALUES ({', '.join('?' * (len(t.fields) + 1))})" for t in schema.LAYERS}
+
+_WGS84_WKT = ('GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,AUTHORITY["EPSG","7030"]],'
+              'AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",'
+              '0.0174532925199433,AUTHORITY["EPSG","9122"]],AXIS["Latitude",NORTH],AXIS["Longitude",EAST],'
+              'AUTHORITY["EPSG","4326"]]')
+
+# The core tables as OGC 12-128r15 (GeoPackage 1.2) defines them (Annex C); GDAL writes the same DDL.
+_CORE_SQL = (
+    "CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY, "
+    "organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL, "
+    "description TEXT)",
+    "CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL, identifier TEXT "
+    "UNIQUE, description TEXT DEFAULT '', last_change DATETIME NOT NULL DEFAULT "
+    "(strftime('%Y-%m-%dT%H:%M:%fZ','now')), min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id "
+    "INTEGER, CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id))",
+    "CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL, geometry_type_name "
+    "TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL, CONSTRAINT pk_geom_cols "
+    "PRIMARY KEY (table_name, column_name), CONSTRAINT uk_gc_table_name UNIQUE (table_name), CONSTRAINT fk_gc_tn "
+    "FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name), CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) "
+    "REFERENCES gpkg_spatial_ref_sys (srs_id))",
+    "CREATE TABLE gpkg_extensions (table_name TEXT, column_name TEXT, extension_name TEXT NOT NULL, definition "
+    "TEXT NOT NULL, scope TEXT NOT NULL, CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name))",
+)
+_SRS_ROWS = (
+    ("Undefined Cartesian SRS", -1, "NONE", -1, "undefined", "undefined Cartesian coordinate reference system"),
+    ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate reference system"),
+    ("WGS 84 geodetic", 4326, "EPSG", 4326, _WGS84_WKT,
+     "longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid"),
+)
+
+
+def _rtree_sql(table: str) -> list[str]:
+    """The R-tree of a layer's geometry column and the six triggers that keep it (spec 1.2, Annex F.3)."""
+    t, c, i = table, _GEOMETRY, schema.FID_COLUMN
+    r = f"rtree_{t}_{c}"
+    values = f"(NEW.{i}, ST_MinX(NEW.{c}), ST_MaxX(NEW.{c}), ST_MinY(NEW.{c}), ST_MaxY(NEW.{c}))"
+    return [
+        f"CREATE VIRTUAL TABLE {r} USING rtree(id, minx, maxx, miny, maxy)",
+        f"CREATE TRIGGER {r}_insert AFTER INSERT ON {t} WHEN (new.{c} NOT NULL AND NOT ST_IsEmpty(NEW.{c})) "
+        f"BEGIN INSERT OR REPLACE INTO {r} VALUES {values}; END",
+        f"CREATE TRIGGER {r}_update1 AFTER UPDATE OF {c} ON {t} WHEN OLD.{i} = NEW.{i} AND (NEW.{c} NOTNULL AND "
+        f"NOT ST_IsEmpty(NEW.{c})) BEGIN INSERT OR REPLACE INTO {r} VALUES {values}; END",
+        f"CREATE TRIGGER {r}_update2 AFTER UPDATE OF {c} ON {t} WHEN OLD.{i} = NEW.{i} AND (NEW.{c} ISNULL OR "
+        f"ST_IsEmpty(NEW.{c})) BEGIN DELETE FROM {r} WHERE id = OLD.{i}; END",
+        f"CREATE TRIGGER {r}_update3 AFTER UPDATE ON {t} WHEN OLD.{i} != NEW.{i} AND (NEW.{c} NOTNULL AND NOT "
+        f"ST_IsEmpty(NEW.{c})) BEGIN DELETE FROM {r} WHERE id = OLD.{i}; INSERT OR REPLACE INTO {r} VALUES {values}; "
+        "END",
+        f"CREATE TRIGGER {r}_update4 AFTER UPDATE ON {t} WHEN OLD.{i} != NEW.{i} AND (NEW.{c} ISNULL OR "
+        f"ST_IsEmpty(NEW.{c})) BEGIN DELETE FROM {r} WHERE id IN (OLD.{i}, NEW.{i}); END",
+        f"CREATE TRIGGER {r}_delete AFTER DELETE ON {t} WHEN old.{c} NOT NULL BEGIN DELETE FROM {r} WHERE "
+        f"id = OLD.{i}; END",
+    ]
+
+
+def _index_sql() -> list[str]:
+    return [f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns)})"
+            for name, table, columns, unique in schema.INDEXES]
+
+
+def _create(path: Path) -> None:
+    """Build an empty results GeoPackage under a temp name, then link it into place: a file at `path` is either
+    absent or complete, and an existing file (another process's, or anyone's) is never replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with closing(_connect(temp, BUSY_TIMEOUT_S)) as db:
+            db.execute(f"PRAGMA application_id = {schema.GPKG_APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {schema.GPKG_USER_VERSION}")
+            db.execute("BEGIN")
+            for sql in _CORE_SQL:
+                db.execute(sql)
+            db.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", _SRS_ROWS)
+            for table in schema.TABLES:
+                db.execute(f"CREATE TABLE {table.name} ({_column_defs(table)})")
+                db.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
+                           "VALUES (?, ?, ?, ?, ?)", (table.name, table.data_type, table.name, table.description,
+                                                      schema.SRS_ID if table.geometry_type else None))
+                if table.geometry_type is not None:
+                    db.execute("INSERT INTO gpkg_geometry_columns VALUES (?, ?, ?, ?, 0, 0)",
+                               (table.name, _GEOMETRY, table.geometry_type, schema.SRS_ID))
+                    for sql in _rtree_sql(table.name):
+                        db.execute(sql)
+                    db.execute("INSERT INTO gpkg_extensions VALUES (?, ?, 'gpkg_rtree_index', "
+                               "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')",
+                               (table.name, _GEOMETRY))
+            for sql in _index_sql():
+                db.execute(sql)
+            db.executemany(f"INSERT INTO {INFO_TABLE} (key, value) VALUES (?, ?)", _info_rows())
+            db.execute("COMMIT")
+        try:
+            os.link(temp, path)  # fails if `path` exists: never over another file
+        except FileExistsError:
+            pass  # another process made it first: it is checked as any existing file
+        except OSError:  # a file system without hard links: rename, which on Windows also refuses to replace
+            if not os.path.lexists(path):
+                os.rename(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def _info_rows() -> list[tuple[str, str]]:
+    return [("format", FORMAT), ("format_version", str(FORMAT_VERSION)), ("engine_version", __version__)]
+
+
+def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection with explicit transactions and the ST_* functions the R-tree triggers call."""
+    db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    for name, index in (("ST_MinX", 0), ("ST_MaxX", 1), ("ST_MinY", 2), ("ST_MaxY", 3)):
+        db.create_function(name, 1, _st(index), deterministic=True)
+    db.create_function("ST_IsEmpty", 1, _st_is_empty, deterministic=True)
+    db.execute("PRAGMA cache_size = -16384")  # 16 MB: a batch's changes (~0.5 MB) stay in memory until its commit
+    return db
+
+
+def _on_network_drive(path: Path) -> bool:
+    """True when `path` lies on a network file system (NFS, SMB/CIFS, ...), where SQLite's WAL mode cannot work."""
+    target = os.path.realpath(path)
+    if os.name == "nt":
+        if target.startswith("\\\\"):  # \\server\share
+            return True
+        import ctypes
+
+        drive = os.path.splitdrive(target)[0] + "\\"
+        return ctypes.windll.kernel32.GetDriveTypeW(drive) == 4  # DRIVE_REMOTE
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            entries = [line.split()[1:3] for line in mounts if len(line.split()) >= 3]
+    except OSError:  # not Linux: no cheap portable answer, assume a local disk
+        return False
+    best, fs_type = "", ""
+    for mount_point, kind in entries:
+        mount_point = mount_point.replace("\\040", " ")
+        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
+            best, fs_type = mount_point, kind
+    return fs_type.lower() in _NETWORK_FILE_SYSTEMS
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return any(word in str(exc).lower() for word in _BUSY_WORDS)
 
 
 def _check_ours(path: Path) -> None:
@@ -193,10 +717,16 @@ def _check_ours(path: Path) -> None:
     if not path.is_file():
         raise GtlocError(refuse)
     try:
-        with closing(_connect_read_only(path)) as db:
-            info = dict(db.execute(f"SELECT key, value FROM {INFO_TABLE}").fetchall())
-    except sqlite3.Error:  # not SQLite at all, or SQLite without our table
-        raise GtlocError(refuse) from None
+        info = _read_info(path, read_only=True)
+    except sqlite3.Error:
+        # Not SQLite, or SQLite without our table, or ours with a transaction a killed writer left in its journal:
+        # only a writable connection rolls that back (what every SQLite opener does), so look again with one.
+        if not os.path.exists(f"{path}-journal"):
+            raise GtlocError(refuse) from None
+        try:
+            info = _read_info(path, read_only=False)
+        except sqlite3.Error:
+            raise GtlocError(refuse) from None
     if info.get("format") != FORMAT:
         raise GtlocError(refuse)
     version = info.get("format_version", "")
@@ -205,65 +735,51 @@ def _check_ours(path: Path) -> None:
                          f"engine reads ({FORMAT_VERSION}); update gtloc or write to another file")
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+def _read_info(path: Path, *, read_only: bool) -> dict[str, str]:
+    target = f"{path.resolve().as_uri()}?mode=ro" if read_only else f"{path.resolve().as_uri()}?mode=rw"
+    with closing(sqlite3.connect(target, uri=True, timeout=BUSY_TIMEOUT_S)) as db:
+        return dict(db.execute(f"SELECT key, value FROM {INFO_TABLE}").fetchall())
 
 
-def _create_attributes_table(db: sqlite3.Connection, name: str, columns_sql: str, description: str) -> None:
-    """A GeoPackage attributes table (no geometry), registered in gpkg_contents so GDAL and QGIS list it."""
-    db.execute(f"CREATE TABLE {name} ({columns_sql})")
-    db.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change) "
-               "VALUES (?, 'attributes', ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))", (name, name, description))
+# ---------------------------------------------------------------------------------------------- older files
 
 
-def _columns(rows: list[dict], kinds: dict[str, str]) -> dict[str, pd.Series]:
-    """Typed columns in schema order; nulls stay null whatever the kind."""
-    columns = {}
-    for name, kind in kinds.items():
-        values = [row.get(name) for row in rows]
-        if kind == "datetime":
-            columns[name] = pd.Series(pd.to_datetime(values), dtype=_PANDAS_DTYPES[kind])
-        else:
-            columns[name] = pd.Series(values, dtype=_PANDAS_DTYPES[kind])
-    return columns
-
-
-def _read_rows(path: Path, layer: str, kinds: dict[str, str]) -> list[dict]:
-    frame = pyogrio.read_dataframe(path, layer=layer)
-    missing = [name for name in kinds if name not in frame.columns]
-    if missing:
-        raise GtlocError(f"'{path}' layer {layer} lacks the fields {missing}; it was not written by this gtloc version"
-                         "; write to another file")
-    has_geometry = isinstance(frame, gpd.GeoDataFrame)
-    rows = []
-    for record in frame.to_dict("records"):
-        row = {name: _python_value(record[name], kind) for name, kind in kinds.items()}
-        if has_geometry:
-            geometry = record.get("geometry")
-            row["geometry"] = geometry if isinstance(geometry, BaseGeometry) else None
-        rows.append(row)
-    return rows
-
-
-def _python_value(value, kind: str):
-    """A value read back by pyogrio (NaN, NaT, numpy scalars) as a plain Python value or None."""
-    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if kind == "str":
-        return str(value)
-    if kind == "float":
-        return float(value)
-    if kind == "int":
-        return int(value)
-    if kind == "bool":
-        return bool(value)
-    return pd.Timestamp(value).to_pydatetime()
-
-
-def _read_embeddings(gpkg: Path) -> dict[tuple[str, str], np.ndarray]:
+def _upgrade(db: sqlite3.Connection, path: Path) -> None:
+    """Bring a file of an older format version to FORMAT_VERSION in place, in one transaction."""
+    version = int(dict(db.execute(f"SELECT key, value FROM {INFO_TABLE}").fetchall())["format_version"])
+    if version == FORMAT_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
     try:
-        with closing(_connect_read_only(gpkg)) as db:
-            rows = db.execute(f"SELECT sha256, model_sha256, dim, embedding FROM {EMBEDDINGS_TABLE}").fetchall()
-    except sqlite3.Error as exc:
-        raise GtlocError(f"'{gpkg}' has no readable {EMBEDDINGS_TABLE} table ({exc}); write to another file") from None
-    return {(sha, model): np.frombuffer(blob, dtype="<f4", count=dim).copy() for sha, model, dim, blob in rows}
+        for step in range(version, FORMAT_VERSION):
+            UPGRADES[step](db)
+        db.execute(f"UPDATE {INFO_TABLE} SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
+        db.execute(f"UPDATE {INFO_TABLE} SET value = ? WHERE key = 'engine_version'", (__version__,))
+        db.execute("UPDATE gpkg_contents SET last_change = strftime('%Y-%m-%dT%H:%M:%fZ','now') "
+                   "WHERE table_name IN ('photos', ?)", (INFO_TABLE,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.info("'%s' upgraded from results format version %d to %d", path, version, FORMAT_VERSION)
+
+
+def _upgrade_1_to_2(db: sqlite3.Connection) -> None:
+    """Version 1 (written whole by GDAL): map_time was the local wall clock ('...T18:37:54.000', not a valid
+    GeoPackage DATETIME) and gtloc_info had a TEXT primary key. Now map_time_local keeps that wall clock,
+    map_time is its UTC time where claimed_utc_offset_min is known and null elsewhere, and gtloc_info has an
+    INTEGER key; the indexes resume uses are added."""
+    db.execute("ALTER TABLE photos ADD COLUMN map_time_local TEXT")
+    db.execute("UPDATE photos SET map_time_local = strftime('%Y-%m-%dT%H:%M:%S', map_time) WHERE map_time IS NOT NULL")
+    db.execute("UPDATE photos SET map_time = CASE WHEN map_time_local IS NOT NULL AND claimed_utc_offset_min IS NOT "
+               "NULL THEN strftime('%Y-%m-%dT%H:%M:%fZ', map_time_local, printf('%+d minutes', "
+               "-claimed_utc_offset_min)) END")
+    rows = db.execute(f"SELECT key, value FROM {INFO_TABLE}").fetchall()
+    db.execute(f"DROP TABLE {INFO_TABLE}")
+    db.execute(f"CREATE TABLE {INFO_TABLE} ({_column_defs(schema.INFO)})")
+    db.executemany(f"INSERT INTO {INFO_TABLE} (key, value) VALUES (?, ?)", rows)
+    for sql in _index_sql():
+        db.execute(sql)
+
+
+UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_1_to_2}  # from version -> step

@@ -4,14 +4,14 @@ The file is a plain PyTorch state_dict of the authors' `GTLoc` module (src/model
 read with `torch.load(weights_only=True)`, PyTorch's restricted loader that accepts tensors and plain containers
 and refuses any other pickled object, and mapped tensor by tensor, by name and shape:
 
-| authors' key | gtloc key |
-|---|---|
-| `location_encoder.LocEnc{i}.capsule.{0.b,1,3,5}`, `.head.0` | `location_encoder.rff.branches.{i}.capsule.{0.b,1,3,5}`, `.head.0` |
-| `time_encoder.TimeEnc{i}.capsule.{0.b,1,4,7}`, `.head.0` | `time_encoder.rff.branches.{i}.capsule.{0.b,1,3,5}`, `.head.0` (their slots 3, 6, 9 are Dropout/Identity) |
-| `image_encoder.mlp.{0,2}` | `adapter.mlp.{0,2}` |
-| `{img_gps,img_time,gps_time,ig2t,it2g,gt2i}_logit_scale` | `logit_scales.{...}` (the six heads) |
-| `gps_queue`, `time_queue` and their pointers | dropped (training state) |
-| `image_encoder.backbone.*` (HF CLIPModel, optional) | converted to open_clip and stored (model/hf_clip.py) |
+- `location_encoder.LocEnc{i}.capsule.{0.b,1,3,5}`, `.head.0` -> `location_encoder.rff.branches.{i}.capsule...`,
+  `.head.0` (the same slots);
+- `time_encoder.TimeEnc{i}.capsule.{0.b,1,4,7}`, `.head.0` -> `time_encoder.rff.branches.{i}.capsule.{0.b,1,3,5}`,
+  `.head.0` (their slots 3, 6, 9 are Dropout/Identity and hold nothing);
+- `image_encoder.mlp.{0,2}` -> `adapter.mlp.{0,2}`;
+- `{img_gps,img_time,gps_time,ig2t,it2g,gt2i}_logit_scale` -> `logit_scales.{...}` (the six heads);
+- `gps_queue`, `time_queue` and their pointers: dropped (training state);
+- `image_encoder.backbone.*` (an HF CLIPModel, optional): converted to open_clip and stored (model/hf_clip.py).
 
 Branch i of both encoders has sigma 2^(4i), which the Fourier matrices carry (checked). Without a backbone in the
 file, the checkpoint references open_clip ('ViT-L-14', 'openai'), the same OpenAI weights as their
@@ -150,7 +150,8 @@ def authors_to_gtloc(state: dict[str, torch.Tensor], *, load_backbone_weights: b
         elif (m := _ENCODER_KEY.match(key)) is not None:
             kind, prefix, branch, part, slot, leaf = m.groups()
             slots = _CAPSULE_SLOT[kind]
-            if prefix != ("LocEnc" if kind == "location" else "TimeEnc") or (part == "capsule" and int(slot) not in slots):
+            wrong_prefix = prefix != ("LocEnc" if kind == "location" else "TimeEnc")
+            if wrong_prefix or (part == "capsule" and int(slot) not in slots):
                 raise GtlocError(f"GT-Loc model: unexpected tensor {key}; this is not the authors' released layout")
             index = slots[int(slot)] if part == "capsule" else int(slot)
             target = f"{kind}_encoder.rff.branches.{branch}.{part}.{index}.{leaf}"
@@ -163,11 +164,14 @@ def authors_to_gtloc(state: dict[str, torch.Tensor], *, load_backbone_weights: b
             raise GtlocError(f"GT-Loc model: unexpected tensor {key} (no {target} in the paper-size model); "
                              "this is not the authors' released architecture")
         mapped[target] = _expect(tensor, expected[target], key)
-    wanted = set(expected)
-    missing = sorted(wanted - mapped.keys())
+    fixed_img_time = "logit_scales.img_time" not in mapped
+    if fixed_img_time:  # their GTLoc(temperature=T) keeps img_time as a plain tensor, outside the state_dict
+        mapped["logit_scales.img_time"] = torch.tensor(INITIAL_LOGIT_SCALE)
+    missing = sorted(set(expected) - mapped.keys())
     if missing:
-        raise GtlocError(f"GT-Loc model: tensor {_authors_name(missing[0])} is missing ({len(missing)} of {len(wanted)} gtloc "
-                         "tensors have no source); the file is incomplete or not the authors' model")
+        raise GtlocError(f"GT-Loc model: tensor {_authors_name(missing[0])} is missing ({len(missing)} of "
+                         f"{len(expected)} gtloc tensors have no source); the file is incomplete or not the authors' "
+                         "model")
     for kind in ("location", "time"):
         bs = [mapped[f"{kind}_encoder.rff.branches.{i}.capsule.0.b"] for i in range(len(AUTHORS_SIGMAS))]
         check_rff_sigmas(bs, AUTHORS_SIGMAS, f"GT-Loc {kind} encoder")
@@ -213,6 +217,8 @@ def import_authors_model(source: str | Path, out: str | Path, *,
         "licence": LICENCE,
         "licence_note": LICENCE_NOTE,
         "logit_scales": scales,
+        "img_time_scale": ("not in the file (a fixed training temperature): log(1/0.07) is used"
+                           if "img_time_logit_scale" not in state else "from the file"),
         "fused_heads_trained": {h: model.heads_trained[h] for h in ("gps_time", "ig2t", "it2g", "gt2i")},
         "dropped": [k for k in DROPPED if k in state],
         "gallery": gallery_note or "none: predict's JSON places use a generic evenly spread gallery "

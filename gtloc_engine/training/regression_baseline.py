@@ -19,8 +19,9 @@ from torch import nn
 
 from gtloc_engine.evaluation.metrics import geolocation_metrics, time_metrics
 from gtloc_engine.io.batches import iter_pixel_batches
-from gtloc_engine.training.data import Record
-from gtloc_engine.training.trainer import TrainConfig, Trainer
+from gtloc_engine.records import Record
+from gtloc_engine.model.gtloc import GTLoc
+from gtloc_engine.training.trainer import Objective, TrainConfig, Trainer
 
 N_OUTPUTS = 7  # x, y, z on the unit sphere; cos, sin of the year angle; cos, sin of the day angle
 
@@ -43,6 +44,26 @@ def decode_outputs(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return latlon, np.stack((month, hour), 1)
 
 
+class RegressionObjective(Objective):
+    """Squared errors of the adapter's seven outputs against regression_targets; trains the adapter (and the
+    backbone when it trains), nothing of the encoders."""
+
+    @staticmethod
+    def trains(name: str, model: GTLoc) -> bool:
+        return name == "adapter" or (name == "backbone" and model.cfg.backbone.trainable)
+
+    def outputs(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.adapter(self.image_features(images))
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.outputs(images)
+        l_loc = ((out[:, :3] - targets[:, :3]) ** 2).sum(1).mean()
+        timed = ~torch.isnan(targets[:, 3])
+        l_time = ((out[timed, 3:] - targets[timed, 3:]) ** 2).sum(1).mean() if bool(timed.any()) else torch.zeros(())
+        total = self.cfg.loc_weight * l_loc + self.cfg.time_weight * l_time
+        return total, {"loss_loc": l_loc.item(), "loss_time": l_time.item(), "loss": total.item()}
+
+
 class RegressionTrainer(Trainer):
     """Trainer whose objective is coordinate regression; no checkpoints, no resume (a benchmark baseline)."""
 
@@ -52,25 +73,24 @@ class RegressionTrainer(Trainer):
         self.model.adapter.mlp[-1] = nn.Linear(last.in_features, N_OUTPUTS)
         self.model.heads_trained = dict.fromkeys(self.model.heads_trained, False)
         self.optimizer = self._build_optimizer()
+        self.objective = RegressionObjective(self.model, self.cfg)
 
-    def _outputs(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model.adapter(features)
+    def _batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        return {"images": self._image_inputs(idx, train=True),
+                "targets": regression_targets(self.latlon[idx], self.torus[idx])}
 
-    def _loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self._outputs(self._image_features(idx, train=True))
-        target = regression_targets(self.latlon[idx], self.torus[idx])
-        l_loc = ((out[:, :3] - target[:, :3]) ** 2).sum(1).mean()
-        timed = ~torch.isnan(target[:, 3])
-        l_time = ((out[timed, 3:] - target[timed, 3:]) ** 2).sum(1).mean() if bool(timed.any()) else torch.zeros(())
-        total = self.cfg.loc_weight * l_loc + self.cfg.time_weight * l_time
-        return total, {"loss_loc": l_loc.item(), "loss_time": l_time.item(), "loss": total.item()}
+    def _push_queues(self, idx: np.ndarray, batch: dict[str, torch.Tensor]) -> None:
+        """No queues: the regression has no negatives."""
+
+    def _every_parameter_trains_every_step(self) -> bool:
+        return self.frozen  # every step reaches all of the adapter; a training backbone's text tower never
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
         if len(self.val_idx) == 0:
             return {}
         self.model.eval()
-        out = torch.cat([self._outputs(self._image_features(self.val_idx[i:i + 512], train=False))
+        out = torch.cat([self.objective.outputs(self._image_inputs(self.val_idx[i:i + 512], train=False))
                          for i in range(0, len(self.val_idx), 512)]).numpy()
         metrics = score_outputs(out, [self.all_records[i] for i in self.val_idx])
         return {f"val_{k}": v for k, v in metrics.items()}
@@ -87,7 +107,7 @@ class RegressionTrainer(Trainer):
         for batch in iter_pixel_batches([r.path for r in records], backbone.preprocess, batch_size=batch_size,
                                         workers=self.cfg.workers, draft_px=backbone.image_size):
             if batch.pixels is not None:
-                outs.append(self._outputs(self.model.image_features(batch.pixels)))
+                outs.append(self.model.adapter(self.model.image_features(batch.pixels)))
                 ok.extend(batch.indices)
         return score_outputs(torch.cat(outs).numpy(), [records[i] for i in ok])
 

@@ -1,9 +1,12 @@
 """Training GT-Loc: losses over cached backbone features (frozen) or pixels (trainable backbone), AdamW with warmup
 and cosine decay, validation each epoch, checkpoints each epoch, exact resume, and torch.distributed (torchrun).
 
-Distributed training averages gradients over ranks after every step (all-reduce), so every rank holds the same
-weights; each epoch the ranks compare a checksum of their parameters and stop with an error if they differ.
-Contrastive negatives are per rank (each rank's batch and queue), as in GeoCLIP's single-GPU training.
+Distributed training (torchrun) wraps the part of the model that trains, with the weighted loss as its forward
+(`Objective`), in torch's DistributedDataParallel: gradients are averaged over the ranks in buckets while
+backward still runs, so every rank holds the same weights; DDP also broadcasts rank 0's buffers (the adapter's
+batch-norm statistics) before each step. Each epoch the ranks compare a checksum of their parameters and stop
+with an error if they differ. Contrastive negatives are per rank (each rank's batch and queue), as in GeoCLIP's
+single-GPU training. Checkpoints and training states hold the unwrapped model: the same keys as a 1-process run.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gtloc_engine.errors import BadPhotoError, GtlocError
@@ -33,7 +37,7 @@ from gtloc_engine.io.atomic import atomic_write
 from gtloc_engine.model.checkpoint import load_checkpoint, save_checkpoint
 from gtloc_engine.model.config import ModelConfig
 from gtloc_engine.model.gtloc import GTLoc
-from gtloc_engine.training.data import Record, read_manifest, scan_photo_folder, split_records
+from gtloc_engine.records import Record, read_manifest, scan_photo_folder, split_records
 from gtloc_engine.training.feature_cache import FeatureCache
 from gtloc_engine.training.losses import (
     TML_TARGETS, CoordinateQueue, infonce, temporal_metric_loss, tml_targets,
@@ -105,11 +109,13 @@ class TrainConfig:
 class Dist:
     """This process's place in a torch.distributed job (a 1-process job when not launched by torchrun)."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
         if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+            # The backend follows where the trained parameters live: NCCL reduces CUDA tensors only, gloo CPU ones.
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
     @property
     def main(self) -> bool:
@@ -119,18 +125,12 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
-    def average_gradients(self, params: list[nn.Parameter]) -> None:
+    def wrap(self, module: nn.Module, *, find_unused_parameters: bool) -> nn.Module:
+        """The module in DistributedDataParallel (gradients averaged over ranks during backward); itself alone."""
         if self.world == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
+            return module
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                       find_unused_parameters=find_unused_parameters)
 
     def check_in_sync(self, model: nn.Module) -> str:
         digest = parameter_checksum(model)
@@ -168,12 +168,89 @@ def train_transform(model: GTLoc):
     ])
 
 
+class Objective(nn.Module):
+    """The part of a GTLoc that trains, with the weighted training loss of one batch as its forward: the module
+    DistributedDataParallel wraps, so that the losses' forward, and so backward, go through DDP.
+
+    Registered, and so synchronised by DDP: the model's children that train, i.e. all but a frozen backbone (its
+    features come from the cache). The whole model is held unregistered, for its embedding methods; registering it
+    would hand DDP the frozen backbone too, to broadcast at start-up (and its buffers before every step) for nothing.
+    """
+
+    def __init__(self, model: GTLoc, cfg: TrainConfig):
+        super().__init__()
+        self.trained = nn.ModuleDict({name: child for name, child in model.named_children() if self.trains(name, model)})
+        self._model = (model,)  # a tuple: not a submodule
+        self.cfg = cfg
+
+    @staticmethod
+    def trains(name: str, model: GTLoc) -> bool:
+        """Whether the model's child `name` takes part in this objective: all but a frozen backbone."""
+        return name != "backbone" or model.cfg.backbone.trainable
+
+    @property
+    def model(self) -> GTLoc:
+        return self._model[0]
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features: cached ones pass through (frozen backbone); pixels go through the training backbone."""
+        return self.model.image_features(images) if self.model.cfg.backbone.trainable else images
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_features(self.image_features(images))
+
+    def forward(self, images: torch.Tensor, timed: torch.Tensor, places: torch.Tensor | None = None,
+                times: torch.Tensor | None = None, time_targets: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(weighted total loss, each term's value) for one batch.
+
+        images: backbone features or pixels of the batch; timed: (batch,) which photos have a capture time;
+        places: (batch + loc queue, 2) lat/lon, the batch's (jittered) places first (None: no place terms);
+        times: (timed photos + time queue, 2) torus, the timed photos' times first (None: no time terms);
+        time_targets: the TML soft targets of the timed photos over `times`.
+        """
+        cfg, model = self.cfg, self.model
+        scales = model.logit_scales
+        image_emb = self.embed_images(images)
+        total = torch.zeros(())
+        parts: dict[str, float] = {}
+
+        def add(name: str, weight: float, loss: torch.Tensor) -> None:
+            nonlocal total
+            total = total + weight * loss
+            parts[name] = loss.item()
+
+        n_batch, n_timed = len(timed), int(timed.sum())
+        loc_emb = model.embed_locations(places) if places is not None else None  # [batch ; queue]
+        if cfg.loc_weight > 0:
+            add("loss_loc", cfg.loc_weight, infonce(image_emb, loc_emb, scales["img_gps"]))
+        time_emb = model.embed_times(times) if times is not None else None  # [timed batch ; queue]
+        if cfg.time_weight > 0 and time_emb is not None:
+            add("loss_time", cfg.time_weight,
+                temporal_metric_loss(image_emb[timed], time_emb, scales["img_time"], time_targets))
+        composed = cfg.composed_weight > 0 or cfg.gps_time_weight > 0
+        if composed and loc_emb is not None and time_emb is not None and n_timed >= 2:
+            img_t, place_t = image_emb[timed], loc_emb[:n_batch][timed]
+            # Reorder places so the timed photos come first: InfoNCE's target i is then row i of [timed ; rest].
+            untimed = loc_emb[:n_batch][~timed]
+            places_emb = torch.cat((place_t, untimed, loc_emb[n_batch:]))
+            q = time_targets
+            if cfg.composed_weight > 0:
+                w = cfg.composed_weight
+                add("loss_ig2t", w, temporal_metric_loss(model.fuse(img_t, place_t), time_emb, scales["ig2t"], q))
+                add("loss_it2g", w, infonce(model.fuse(img_t, time_emb[:n_timed]), places_emb, scales["it2g"]))
+                add("loss_gt2i", w, infonce(model.fuse(place_t, time_emb[:n_timed]), img_t, scales["gt2i"]))
+            if cfg.gps_time_weight > 0:
+                add("loss_gps_time", cfg.gps_time_weight, temporal_metric_loss(place_t, time_emb, scales["gps_time"], q))
+        parts["loss"] = total.item()
+        return total, parts
+
+
 class Trainer:
     """One training run in `out_dir`; `run()` trains (resuming if a state is there) and returns the history."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg.validate()
-        self.dist = Dist()
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
         records = read_manifest(cfg.manifest) if cfg.manifest else scan_photo_folder(cfg.photo_dir)
@@ -182,6 +259,8 @@ class Trainer:
             raise GtlocError(f"only {len(self.train_records)} training photos; need at least 2")
         model_cfg = ModelConfig.from_dict(cfg.model)
         self.model = GTLoc(model_cfg, seed=cfg.seed)
+        self.dist = Dist(next(self.model.parameters()).device)
+        self.objective = Objective(self.model, cfg)
         self.frozen = not model_cfg.backbone.trainable
         timed = any(r.torus is not None for r in self.train_records)
         self.model.heads_trained = {
@@ -253,13 +332,14 @@ class Trainer:
         return cache.features([r.path for r in records], workers=self.cfg.workers,
                               progress=self.cfg.progress and not quiet)
 
-    def _image_features(self, idx: np.ndarray, train: bool) -> torch.Tensor:
+    def _image_inputs(self, idx: np.ndarray, train: bool) -> torch.Tensor:
+        """Cached backbone features (frozen backbone) or decoded (and, in training, augmented) pixels."""
         if self.frozen:
             return self.features.get(idx)
         transform = self._augment if (train and self.cfg.augment) else self.model.backbone.preprocess
         size = self.model.backbone.image_size
         decode = lambda i: transform(load_photo_rgb(self.all_records[i].path, draft_size=(size, size)))  # noqa: E731
-        return self.model.image_features(torch.stack(list(self._pool.map(decode, idx))))
+        return torch.stack(list(self._pool.map(decode, idx)))
 
     # -- optimisation -------------------------------------------------------------------------------------------
 
@@ -271,55 +351,41 @@ class Trainer:
         progress = (step - self.cfg.warmup_steps) / max(1, total - self.cfg.warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    def _loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg, model = self.cfg, self.model
-        scales = model.logit_scales
-        image_emb = model.embed_features(self._image_features(idx, train=True))
-        total = torch.zeros(())
-        parts: dict[str, float] = {}
-
-        def add(name: str, weight: float, loss: torch.Tensor) -> None:
-            nonlocal total
-            total = total + weight * loss
-            parts[name] = loss.item()
-
+    def _batch(self, idx: np.ndarray) -> dict[str, torch.Tensor | None]:
+        """The Objective's inputs for one batch: images, GPS jitter, queue contents and TML targets."""
+        cfg = self.cfg
+        images = self._image_inputs(idx, train=True)
         timed = ~torch.isnan(self.torus[idx, 0])
         any_timed = bool(timed.any())
         composed = any_timed and (cfg.composed_weight > 0 or cfg.gps_time_weight > 0)
-        loc_emb = time_emb = None
+        places = times = time_targets = None
         if cfg.loc_weight > 0 or composed:
             gps = self.latlon[idx]
             if cfg.gps_noise_deg > 0:
                 gps = gps + torch.randn_like(gps) * cfg.gps_noise_deg
-            loc_emb = model.embed_locations(torch.cat((gps, self.loc_queue.values())))  # [batch ; queue]
-            if cfg.loc_weight > 0:
-                add("loss_loc", cfg.loc_weight, infonce(image_emb, loc_emb, scales["img_gps"]))
+            places = torch.cat((gps, self.loc_queue.values()))
         if (cfg.time_weight > 0 or composed) and any_timed:
-            times = self.torus[idx][timed]
-            gallery = torch.cat((times, self.time_queue.values()))
-            q = tml_targets(times, gallery, mode=cfg.tml_target, tau_delta=cfg.tau_delta)
-            time_emb = model.embed_times(gallery)  # [timed batch ; queue]
-            if cfg.time_weight > 0:
-                add("loss_time", cfg.time_weight, temporal_metric_loss(image_emb[timed], time_emb, scales["img_time"], q))
-        if composed and int(timed.sum()) >= 2:
-            n = int(timed.sum())
-            img_t, place_t = image_emb[timed], loc_emb[:len(idx)][timed]
-            # Reorder places so the timed photos come first: InfoNCE's target i is then row i of [timed ; rest].
-            untimed = loc_emb[:len(idx)][~timed]
-            places = torch.cat((place_t, untimed, loc_emb[len(idx):]))
-            if cfg.composed_weight > 0:
-                w = cfg.composed_weight
-                add("loss_ig2t", w, temporal_metric_loss(model.fuse(img_t, place_t), time_emb, scales["ig2t"], q))
-                add("loss_it2g", w, infonce(model.fuse(img_t, time_emb[:n]), places, scales["it2g"]))
-                add("loss_gt2i", w, infonce(model.fuse(place_t, time_emb[:n]), img_t, scales["gt2i"]))
-            if cfg.gps_time_weight > 0:
-                add("loss_gps_time", cfg.gps_time_weight, temporal_metric_loss(place_t, time_emb, scales["gps_time"], q))
-        if cfg.loc_weight > 0 or composed:
+            batch_times = self.torus[idx][timed]
+            times = torch.cat((batch_times, self.time_queue.values()))
+            time_targets = tml_targets(batch_times, times, mode=cfg.tml_target, tau_delta=cfg.tau_delta)
+        return {"images": images, "timed": timed, "places": places, "times": times, "time_targets": time_targets}
+
+    def _push_queues(self, idx: np.ndarray, batch: dict[str, torch.Tensor | None]) -> None:
+        """The batch's places and times join the queues after its step (they were its positives, not negatives)."""
+        if batch["places"] is not None:
             self.loc_queue.push(self.latlon[idx])
-        if time_emb is not None:
-            self.time_queue.push(self.torus[idx][timed])
-        parts["loss"] = total.item()
-        return total, parts
+        if batch["times"] is not None:
+            self.time_queue.push(self.torus[idx][batch["timed"]])
+
+    def _every_parameter_trains_every_step(self) -> bool:
+        """Whether each step's loss reaches every trained parameter: all four loss terms on, every training photo timed
+        and the backbone frozen. Otherwise DDP must find the unused ones at each step: the time encoder of a
+        location-only run, the location encoder of a time-only one, the logit scales of heads without a loss term,
+        the time path in an untimed batch, a training backbone's text tower."""
+        cfg = self.cfg
+        weights = (cfg.loc_weight, cfg.time_weight, cfg.composed_weight, cfg.gps_time_weight)
+        return (self.frozen and all(w > 0 for w in weights)
+                and not bool(torch.isnan(self.torus[self.train_idx, 0]).any()))
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's batches: a seeded permutation per epoch, split across ranks, last partial batch dropped."""
@@ -338,7 +404,7 @@ class Trainer:
         if len(self.val_idx) == 0:
             return {}
         self.model.eval()
-        emb = torch.cat([self.model.embed_features(self._image_features(self.val_idx[i:i + 512], train=False))
+        emb = torch.cat([self.objective.embed_images(self._image_inputs(self.val_idx[i:i + 512], train=False))
                          for i in range(0, len(self.val_idx), 512)]).numpy()
         # cache=False: the weights change every epoch, so disk-cached constants would never be read again
         metrics = evaluate_embeddings(Predictor(self.model, cache=False), emb,
@@ -416,7 +482,7 @@ class Trainer:
         self._maybe_resume()
         steps_per_epoch = len(self._epoch_batches(0))
         total_steps = steps_per_epoch * cfg.epochs
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        objective = self.dist.wrap(self.objective, find_unused_parameters=not self._every_parameter_trains_every_step())
         last_epoch = (cfg.epochs if cfg.stop_after_epochs is None
                       else min(cfg.epochs, self.epoch + cfg.stop_after_epochs))
         while self.epoch < last_epoch:
@@ -429,10 +495,11 @@ class Trainer:
             for idx in bar:
                 for group, base in zip(self.optimizer.param_groups, (cfg.lr, cfg.backbone_lr)):
                     group["lr"] = base * self._lr_factor(self.step, total_steps)
-                loss, parts = self._loss(idx)
+                batch = self._batch(idx)
+                loss, parts = objective(**batch)
+                self._push_queues(idx, batch)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.dist.average_gradients(params)
+                loss.backward()  # under DDP: gradients averaged over ranks, bucket by bucket, while it runs
                 self.optimizer.step()
                 self.step += 1
                 seen += len(idx) * self.dist.world

@@ -1,14 +1,20 @@
-"""Processing algorithms, thin wrappers: predict goes through engine_client, export is plain QGIS/GDAL.
+"""Processing algorithms, thin wrappers: predict and search go through engine_client, export is plain QGIS/GDAL.
 
     gtloc:predict   photos (files and/or a folder) -> results GeoPackage (+ likelihood GeoTIFFs), via the engine;
                     TIME: a known local capture time, every place predicted given it (where given when)
     gtloc:search    a results GeoPackage + a place / month-hour windows / a photo (alone, or with windows: the same
-                    place at another time) / text -> layer search_results, via the engine
-    gtloc:export    the session's gtloc layers (or chosen layers) -> one GeoPackage, vectors and rasters
+                    place at another time) / text, filtered by radius, polygons and claimed time range, with the
+                    window's pooling and the photos' point source -> layer search_results, via the engine
+    gtloc:export    the session's gtloc layers (or chosen layers) -> one GeoPackage, vectors and rasters, that GDAL's
+                    GeoPackage validator passes
+
+    POOLINGS, POINT_SOURCES     (engine value, label) of search's pooling and point_source (the engine's values)
+    vector_layer_file(layer, transform_context)   a file + layer name the engine can read with a layer's features
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterFolderDestination,
@@ -25,6 +32,9 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterPoint,
     QgsProcessingParameterString,
+    QgsProcessingParameterVectorLayer,
+    QgsProcessingUtils,
+    QgsProviderRegistry,
     QgsRasterLayer,
     QgsVectorFileWriter,
     QgsVectorLayer,
@@ -33,6 +43,11 @@ from qgis.core import (
 from ..engine_client import EngineError, shared_client
 from ..layers import gtloc_layers
 from ..settings import TIME_FORMATS, describe_time, load_settings, parse_capture_time
+
+# The engine's values (gtloc_engine/inference/search/query.py; tests/test_protocol_params.py holds this copy to them).
+POOLINGS = (("max", "best-matching time of the window (max)"), ("mean", "average over the window (mean)"))
+POINT_SOURCES = (("point", "claimed place, else predicted (point)"), ("claim", "claimed place only (claim)"),
+                 ("prediction", "predicted place only (prediction)"))
 
 
 class _Algorithm(QgsProcessingAlgorithm):
@@ -131,7 +146,11 @@ class SearchAlgorithm(_Algorithm):
                 "finds photos that look taken at the same place and time; a photo with months and/or hours finds "
                 "photos of the same place as that photo at another time (its place: its point in the GeoPackage, "
                 "else its EXIF place, else its most likely place; the log says which). The query photo itself is "
-                "never returned. The model must be the one that made the GeoPackage.")
+                "never returned. Filters (applied before ranking): a radius around the place, the polygons of a "
+                "layer, a range of claimed local times (photos without an EXIF time are left out). A time window "
+                "scores each photo by its best-matching time (max) or the average (mean); the filters test each "
+                "photo's claimed place if any, else its predicted one (point), or only one of them. The model must "
+                "be the one that made the GeoPackage.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFile("GPKG", "Results GeoPackage (from Locate and date photos)",
@@ -146,6 +165,16 @@ class SearchAlgorithm(_Algorithm):
         self.addParameter(QgsProcessingParameterFile(
             "LIKE", "Photo (like this photo; with months/hours: its place at another time)", optional=True))
         self.addParameter(QgsProcessingParameterString("TEXT", "Text (instead of place and time)", optional=True))
+        self.addParameter(QgsProcessingParameterVectorLayer("WITHIN", "Only photos inside these polygons",
+                                                            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            "CLAIMED_AFTER", f"Only photos whose claimed local time is at or after ({TIME_FORMATS})", optional=True))
+        self.addParameter(QgsProcessingParameterString("CLAIMED_BEFORE", "Only photos whose claimed local time is "
+                                                       "before", optional=True))
+        self.addParameter(QgsProcessingParameterEnum("POOLING", "Score over a time window",
+                                                     [label for _, label in POOLINGS], defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum("POINT_SOURCE", "Photo place the filters test",
+                                                     [label for _, label in POINT_SOURCES], defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber("TOP_K", "Results",
                                                        QgsProcessingParameterNumber.Integer, 10, minValue=1))
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Search results GeoPackage",
@@ -163,6 +192,13 @@ class SearchAlgorithm(_Algorithm):
             near = (point.y(), point.x())
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         radius_km = self.parameterAsDouble(parameters, "RADIUS_KM", context)
+        within = within_layer = None
+        area = self.parameterAsVectorLayer(parameters, "WITHIN", context)
+        if area is not None:
+            try:
+                within, within_layer = vector_layer_file(area, context.transformContext())
+            except ValueError as exc:
+                raise QgsProcessingException(f"WITHIN: {exc}") from None
         try:
             result = shared_client().search(
                 self.parameterAsFile(parameters, "GPKG", context), model, near_latlon_deg=near,
@@ -171,6 +207,11 @@ class SearchAlgorithm(_Algorithm):
                 hour=self.parameterAsString(parameters, "HOUR", context) or None,
                 like=self.parameterAsFile(parameters, "LIKE", context) or None,
                 text=self.parameterAsString(parameters, "TEXT", context) or None,
+                within=within, within_layer=within_layer,
+                claimed_after=self.parameterAsString(parameters, "CLAIMED_AFTER", context).strip() or None,
+                claimed_before=self.parameterAsString(parameters, "CLAIMED_BEFORE", context).strip() or None,
+                pooling=POOLINGS[self.parameterAsEnum(parameters, "POOLING", context)][0],
+                point_source=POINT_SOURCES[self.parameterAsEnum(parameters, "POINT_SOURCE", context)][0],
                 top_k=self.parameterAsInt(parameters, "TOP_K", context), out=out, is_cancelled=feedback.isCanceled)
         except EngineError as exc:
             raise QgsProcessingException(f"gtloc engine: {exc}") from None
@@ -190,7 +231,9 @@ class ExportAlgorithm(_Algorithm):
 
     def shortHelpString(self) -> str:
         return ("Writes layers into one GeoPackage, vector layers as vector tables and likelihood rasters as raster "
-                "tables. Without input layers it takes every gtloc layer in the project.")
+                "tables. Without input layers it takes every gtloc layer in the project. Layers read from a file are "
+                "copied by GDAL as stored (times keep their UTC mark); a date-time column that holds times without "
+                "one (local wall clocks) is written as text, since a GeoPackage DATETIME is UTC.")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterMultipleLayers("LAYERS", "Layers (default: all gtloc layers)",
@@ -203,24 +246,49 @@ class ExportAlgorithm(_Algorithm):
         if not layers:
             raise QgsProcessingException("nothing to export: no layers given and no gtloc layers in the project")
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        if os.path.lexists(out):
+            os.remove(out)  # a new file, as GDAL creates it: no tables left from an earlier export
         names: set[str] = set()
         for i, layer in enumerate(layers):
             if feedback.isCanceled():
                 break
             name = _unique_table_name(layer.name(), names)
             if isinstance(layer, QgsVectorLayer):
-                options = QgsVectorFileWriter.SaveVectorOptions()
-                options.driverName, options.layerName = "GPKG", name
-                options.actionOnExistingFile = (QgsVectorFileWriter.CreateOrOverwriteFile if not i
-                                                else QgsVectorFileWriter.CreateOrOverwriteLayer)
-                error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
-                    layer, out, context.transformContext(), options)
-                if error != QgsVectorFileWriter.NoError:
-                    raise QgsProcessingException(f"cannot write layer {layer.name()} to {out}: {message}")
+                _append_vector(layer, out, name, context.transformContext())
+                for column in _utc_or_text(out, name):
+                    feedback.pushWarning(f"{layer.name()}: column {column} holds times without a time zone; written "
+                                         "as text (a GeoPackage DATETIME is UTC)")
             elif isinstance(layer, QgsRasterLayer):
-                _append_raster(layer.source(), out, name, first=not i)
+                _append_raster(layer.source(), out, name)
             feedback.setProgress(100.0 * (i + 1) / len(layers))
         return {"OUTPUT": out, "N_LAYERS": len(names)}
+
+
+def vector_layer_file(layer: QgsVectorLayer, transform_context) -> tuple[str, str | None]:
+    """(file, layer name or None for its first) that the engine can read with the layer's features: the layer's own
+    file (GeoPackage, GeoJSON, Shapefile, ...) when it is read whole from one, else a copy in QGIS's temporary
+    folder. ValueError (one line) when the copy cannot be written."""
+    source = _ogr_source(layer)
+    if source is not None:
+        return source
+    out = QgsProcessingUtils.generateTempFilename("gtloc_layer.gpkg")
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName, options.layerName = "GPKG", "layer"
+    error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(layer, out, transform_context, options)
+    if error != QgsVectorFileWriter.NoError:
+        raise ValueError(f"layer {layer.name()} cannot be written to a file for the engine: {message}")
+    return out, "layer"
+
+
+def _ogr_source(layer: QgsVectorLayer) -> tuple[str, str | None] | None:
+    """(file, layer name) of a layer GDAL reads whole from a file, or None (memory, virtual, filtered layers)."""
+    if layer.providerType() != "ogr" or layer.subsetString():
+        return None
+    parts = QgsProviderRegistry.instance().decodeUri("ogr", layer.source())
+    path, layer_name = parts.get("path"), parts.get("layerName") or None
+    if not path or not Path(path).is_file() or (layer_name is None and parts.get("layerId") not in (None, 0, "0")):
+        return None
+    return path, layer_name
 
 
 def _unique_table_name(name: str, taken: set[str]) -> str:
@@ -232,10 +300,67 @@ def _unique_table_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _append_raster(source: str, out: str, table: str, *, first: bool) -> None:
+def _append_vector(layer: QgsVectorLayer, out: str, table: str, transform_context) -> None:
+    """Copy a vector layer into the GeoPackage as its own table: with GDAL from the layer's file (QGIS 3.22 drops
+    the UTC mark of date-times on the way through its writer), else (memory, virtual, filtered) with QGIS's."""
+    source = _ogr_source(layer)
+    if source is not None:
+        from osgeo import gdal
+
+        path, layer_name = source
+        src = gdal.OpenEx(path, gdal.OF_VECTOR)
+        if src is None:
+            raise QgsProcessingException(f"cannot read layer {layer.name()} from {path}: {gdal.GetLastErrorMsg()}")
+        layer_name = layer_name or src.GetLayer(0).GetName()
+        src = None
+        result = gdal.VectorTranslate(out, path, format="GPKG", layers=[layer_name], layerName=table,
+                                      accessMode="update" if os.path.exists(out) else None)
+        if result is None:
+            raise QgsProcessingException(f"cannot write layer {layer.name()} to {out}: {gdal.GetLastErrorMsg()}")
+        result = None
+        return
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName, options.layerName = "GPKG", table
+    options.actionOnExistingFile = (QgsVectorFileWriter.CreateOrOverwriteLayer if os.path.exists(out)
+                                    else QgsVectorFileWriter.CreateOrOverwriteFile)
+    error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(layer, out, transform_context, options)
+    if error != QgsVectorFileWriter.NoError:
+        raise QgsProcessingException(f"cannot write layer {layer.name()} to {out}: {message}")
+
+
+def _utc_or_text(out: str, table: str) -> list[str]:
+    """Keep a table's date-time columns DATETIME only where every value is UTC (what GeoPackage requires); turn the
+    others into text columns holding the same ISO 8601 wall clocks. Returns the columns turned into text."""
+    from osgeo import gdal, ogr
+
+    dataset = gdal.OpenEx(out, gdal.OF_VECTOR | gdal.OF_UPDATE)
+    try:
+        layer = dataset.GetLayerByName(table)
+        definition = layer.GetLayerDefn()
+        columns = [i for i in range(definition.GetFieldCount())
+                   if definition.GetFieldDefn(i).GetType() == ogr.OFTDateTime]
+        not_utc = set()
+        feature = layer.GetNextFeature()
+        while feature is not None:
+            not_utc.update(i for i in columns
+                           if feature.IsFieldSetAndNotNull(i) and feature.GetFieldAsDateTime(i)[6] != 100)  # 100: UTC
+            feature = layer.GetNextFeature()  # the last one is None: no feature outlives the schema change below
+        names = [definition.GetFieldDefn(i).GetName() for i in sorted(not_utc)]
+        for name in names:
+            # GDAL rebuilds the table with a TEXT column; SQLite keeps the stored text as it is
+            layer.AlterFieldDefn(definition.GetFieldIndex(name), ogr.FieldDefn(name, ogr.OFTString),
+                                 ogr.ALTER_TYPE_FLAG)
+        del definition, layer  # before the dataset: GDAL's Python objects must not outlive their owner
+    finally:
+        dataset = None
+    return names
+
+
+def _append_raster(source: str, out: str, table: str) -> None:
     """Copy a raster into the GeoPackage as its own table; float32 values are kept (TIFF tiles)."""
     from osgeo import gdal
 
+    first = not os.path.exists(out)
     options = [f"RASTER_TABLE={table}", "TILE_FORMAT=TIFF"] + ([] if first else ["APPEND_SUBDATASET=YES"])
     result = gdal.Translate(out, source, format="GPKG", creationOptions=options)
     if result is None:

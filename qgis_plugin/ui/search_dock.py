@@ -1,7 +1,9 @@
 """A dock for geo-temporal search over the loaded gtloc photo layers (the engine's `search` over the layer's
 GeoPackage): pick a place on the map, month/hour windows, the selected photo (alone: photos like it; with month/hour
-windows: photos of its place at another time) or a text; the results are listed with their scores and selected on
-the map, and the engine's notes (e.g. which place a photo+time query used) are shown under them.
+windows: photos of its place at another time) or a text; filter by a radius around the place, a polygon layer and a
+claimed local time range; choose how a time window is scored (pooling) and which place of a photo the filters test
+(point source). The results are listed with their scores and selected on the map, and the engine's notes (e.g.
+which place a photo+time query used) are shown under them.
 
     SearchDock     the dock: its widgets, the pick-a-place map tool, the Search button
     SearchTask     QgsTask: run() only talks to the engine, finished() alone touches the layer and the list
@@ -16,10 +18,11 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsFeatureRequest,
+    QgsMapLayerProxyModel,
     QgsProject,
     QgsTask,
 )
-from qgis.gui import QgsMapToolEmitPoint
+from qgis.gui import QgsMapLayerComboBox, QgsMapToolEmitPoint
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -39,6 +42,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..engine_client import EngineClient, EngineError, shared_client
 from ..layers import KIND_PROPERTY, SOURCE_PROPERTY
+from ..processing.algorithms import POINT_SOURCES, POOLINGS, vector_layer_file
 from ..settings import load_settings
 
 WGS84 = "EPSG:4326"
@@ -97,6 +101,24 @@ class SearchDock(QDockWidget):
                                       "that other time (its place is its point on the map, so no place is picked).")
         self.text = QLineEdit()
         self.text.setPlaceholderText("or a text, e.g. snow at dusk")
+        self.within = QgsMapLayerComboBox()
+        self.within.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.within.setAllowEmptyLayer(True)
+        self.within.setLayer(None)
+        self.within.setToolTip("Only photos whose point lies inside a polygon of this layer")
+        self.claimed_after = QLineEdit()
+        self.claimed_after.setPlaceholderText("e.g. 2024-01-01T00:00 (local)")
+        self.claimed_before = QLineEdit()
+        self.claimed_before.setPlaceholderText("e.g. 2024-07-01T00:00 (local)")
+        for edit in (self.claimed_after, self.claimed_before):
+            edit.setToolTip("Only photos whose EXIF claims a local time in this range (photos without one are left "
+                            "out); ISO 8601 or EXIF form, with a time of day")
+        self.pooling = QComboBox()
+        for value, label in POOLINGS:
+            self.pooling.addItem(label, value)
+        self.point_source = QComboBox()
+        for value, label in POINT_SOURCES:
+            self.point_source.addItem(label, value)
         self.top_k = QSpinBox()
         self.top_k.setRange(1, 1000)
         self.top_k.setValue(10)
@@ -118,6 +140,11 @@ class SearchDock(QDockWidget):
         form.addRow("Hours", self.hour)
         form.addRow("", self.like_selected)
         form.addRow("Text", self.text)
+        form.addRow("Inside", self.within)
+        form.addRow("Claimed after", self.claimed_after)
+        form.addRow("Claimed before", self.claimed_before)
+        form.addRow("Time window score", self.pooling)
+        form.addRow("Photo's place", self.point_source)
         form.addRow("Results", self.top_k)
         body = QWidget()
         layout = QVBoxLayout(body)
@@ -207,7 +234,14 @@ class SearchDock(QDockWidget):
         model = load_settings().model
         if not model:
             raise ValueError("no gtloc model chosen: set the checkpoint in gtloc's settings")
-        kwargs = {"gpkg": layer.customProperty(SOURCE_PROPERTY), "model": model, "top_k": self.top_k.value()}
+        kwargs = {"gpkg": layer.customProperty(SOURCE_PROPERTY), "model": model, "top_k": self.top_k.value(),
+                  "pooling": self.pooling.currentData(), "point_source": self.point_source.currentData(),
+                  "claimed_after": self.claimed_after.text().strip() or None,
+                  "claimed_before": self.claimed_before.text().strip() or None}
+        area = self.within.currentLayer()
+        if area is not None:  # a drawn (memory) layer is written to a temporary file the engine can read
+            kwargs["within"], kwargs["within_layer"] = vector_layer_file(
+                area, QgsProject.instance().transformContext())
         text = self.text.text().strip()
         month, hour = self.month.text().strip() or None, self.hour.text().strip() or None
         if text:

@@ -17,6 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # `import qgis_plugin`
+sys.path.append(str(REPO / "tests"))  # helpers shared with the engine suite (gpkg_validator); not its conftest
 
 ENGINE_PYTHON = Path(os.environ.get("GTLOC_TEST_ENGINE_PYTHON", REPO / ".venv" / "bin" / "python"))
 ENGINE_GTLOC = ENGINE_PYTHON.parent / "gtloc"

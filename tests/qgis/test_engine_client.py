@@ -215,3 +215,44 @@ def test_a_missing_engine_is_one_clear_error(monkeypatch, tmp_path):
     with pytest.raises(EngineError) as err:
         find_engine(str(tmp_path / "no-python"))
     assert "no-python" in str(err.value)
+
+
+def test_info_is_a_typed_method_that_reports_the_models_heads_and_the_engines_parameters(client, model_path):
+    info = client.info(str(model_path))
+    assert info["model"]["path"] == str(model_path) and len(info["model"]["sha256"]) == 64
+    assert info["model"]["header"]["heads_trained"]["location"] is True
+    assert {"within_layer", "claimed_after", "claimed_before", "pooling", "point_source"} <= set(
+        info["params"]["search"])
+    assert client.info()["engine_version"] == info["engine_version"] and "model" not in client.info()
+    with pytest.raises(EngineError) as err:
+        client.info(str(model_path.parent / "gone.safetensors"))
+    assert err.value.code == "bad_input" and "checkpoint" in str(err.value) and "photo" not in str(err.value)
+
+
+@pytest.fixture
+def listing_engine(tmp_path):
+    """An engine whose hello lists search's parameters as an engine from before within_layer would; it answers every
+    request with the parameters it got."""
+    script = tmp_path / "listing_engine.py"
+    script.write_text(
+        "import json, sys\n"
+        "print(json.dumps({'type': 'hello', 'protocol': 1, 'engine_version': '0.0.8', 'methods': ['search'], "
+        "'params': {'search': ['gpkg', 'model', 'near', 'top_k']}}), flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    msg = json.loads(line)\n"
+        "    print(json.dumps({'id': msg['id'], 'type': 'result', 'result': msg.get('params')}), flush=True)\n")
+    engine = EngineClient([str(ENGINE_PYTHON), str(script)])
+    yield engine
+    engine.stop(timeout_s=2)
+
+
+def test_a_parameter_the_engine_does_not_take_is_refused_before_it_is_sent(listing_engine):
+    sent = listing_engine.search("r.gpkg", "m.safetensors", near_latlon_deg=(48.85, 2.35), top_k=3)
+    assert sent == {"gpkg": "r.gpkg", "model": "m.safetensors", "near": [48.85, 2.35], "top_k": 3}
+    with pytest.raises(EngineError) as err:
+        listing_engine.search("r.gpkg", "m.safetensors", near_latlon_deg=(48.85, 2.35), within="a.gpkg",
+                              within_layer="areas")
+    assert err.value.code == "protocol" and "within, within_layer" in str(err.value) and "0.0.8" in str(err.value)
+    with pytest.raises(EngineError) as err:
+        listing_engine.info()
+    assert err.value.code == "unknown_method"

@@ -84,9 +84,9 @@ def test_a_model_without_a_time_head_says_it_cannot_use_the_known_time(plugin, g
     save_settings(replace(given_settings, model=str(location_only_model)))
     layers_before = set(QgsProject.instance().mapLayers())
     task = _run(plugin, [engine_files["toy_photos"][0]])
-    assert task.error is not None and "given a time" in task.error and "\n" not in task.error, task.error
+    assert task.error is not None and "given a known capture time" in task.error and "\n" not in task.error, task.error
     message = iface.messageBar().get_messages(Qgis.Critical)[-1]
-    assert "(given 2024-07-14 18:30)" in message and "given a time" in message
+    assert "(given 2024-07-14 18:30)" in message and "given a known capture time" in message
     assert set(QgsProject.instance().mapLayers()) == layers_before
 
 

@@ -12,15 +12,19 @@ import pytest
 from conftest import wait_until
 from osgeo import gdal
 from qgis.core import (
+    NULL,
     QgsApplication,
+    QgsDateTimeRange,
+    QgsFeatureRequest,
     QgsMapRendererSequentialJob,
     QgsMapSettings,
     QgsPointXY,
     QgsProject,
     QgsRectangle,
+    QgsVectorLayerTemporalContext,
     QgsVectorLayerTemporalProperties,
 )
-from qgis.PyQt.QtCore import QSize
+from qgis.PyQt.QtCore import QDateTime, QSize
 from qgis.PyQt.QtGui import QColor
 
 import qgis_plugin
@@ -119,12 +123,24 @@ def test_a_dropped_photo_becomes_styled_layers_in_one_group(dropped, engine_file
     styles = layers.photos.conditionalStyles().fieldStyles("verdict")
     matching = [s for s in styles if s.matches(verdict, layers.photos.createExpressionContext())]
     assert [s.backgroundColor().name() for s in matching] == [VERDICT_COLOURS[verdict]]
-    # Temporal Controller: each photo is an instant at map_time, here the claimed local time.
+    # Temporal Controller: each photo plays at its local wall clock (map_time_local), here the claimed local time;
+    # map_time is UTC, null here since the EXIF has no UTC offset.
     props = layers.photos.temporalProperties()
-    assert props.isActive() and props.startField() == "map_time"
-    assert props.mode() == QgsVectorLayerTemporalProperties.ModeFeatureDateTimeInstantFromField
-    assert photo["map_time_source"] == "claim"
-    assert photo["map_time"].toPyDateTime() == dt.datetime.fromisoformat(claimed["local_datetime"])
+    assert props.isActive() and props.startExpression() == 'to_datetime("map_time_local")'
+    assert props.mode() == QgsVectorLayerTemporalProperties.ModeFeatureDateTimeStartAndEndFromExpressions
+    assert photo["map_time_source"] == "claim" and photo["map_time"] == NULL
+    assert photo["map_time_local"] == claimed["local_datetime"]
+    local = QDateTime(dt.datetime.fromisoformat(claimed["local_datetime"]))
+    context = QgsVectorLayerTemporalContext()
+    context.setLayer(layers.photos)
+
+    def shown_at(minutes_after: int) -> bool:
+        start = local.addSecs(minutes_after * 60)
+        request = QgsFeatureRequest().setFilterExpression(
+            props.createFilterString(context, QgsDateTimeRange(start, start.addSecs(60))))
+        return any(f.id() == photo.id() for f in layers.photos.getFeatures(request))
+
+    assert [shown_at(m) for m in (-30, 0, 30, 90)] == [False, True, True, False]  # one local hour from 15:30
     assert "located" in iface.messageBar().get_messages(3)[-1]
 
 

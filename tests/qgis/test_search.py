@@ -1,5 +1,7 @@
 """Geo-temporal search from QGIS: `gtloc:search` through the Processing framework and the search dock, both through
-the real engine worker, checked against the engine's own `gtloc search` command run as a subprocess."""
+the real engine worker, checked against the engine's own `gtloc search` command run as a subprocess (with the
+filters and settings too: polygons, claimed time range, pooling, point source); and what search and
+`gtloc:export` write, checked by GDAL's GeoPackage validator."""
 
 from __future__ import annotations
 
@@ -10,12 +12,22 @@ from pathlib import Path
 
 import pytest
 from conftest import ENGINE_GTLOC, _engine_run, wait_until
-from qgis.core import QgsCoordinateReferenceSystem, QgsPointXY, QgsProject
-from qgis.PyQt.QtCore import Qt
+from gpkg_validator import validate_gpkg
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QDate, QDateTime, QTime, Qt
 
 from qgis_plugin.layers import add_to_project, load_prediction
 
 PARIS_LATLON_DEG = (48.8566, 2.3522)
+EUROPE_WKT = "POLYGON((-10 35, 20 35, 20 60, -10 60, -10 35))"  # lon/lat: around Paris, the claimed photo's place
 EARTH_RADIUS_M = 6378137.0  # EPSG:3857's sphere
 
 
@@ -184,3 +196,208 @@ def test_processing_search_with_a_photo_and_months_finds_its_place_at_another_ti
     assert claimed not in {path for path, _ in rows} and len(rows) == 8
     query = json.loads(rows[0][1])
     assert query["kind"] == "photo+time" and query["like_photo"] == claimed
+
+
+def europe_file(folder: Path) -> Path:
+    """A GeoJSON file with one polygon around western Europe, written by GDAL (as a user's area file would be)."""
+    from osgeo import ogr, osr
+
+    path = folder / "europe.geojson"
+    dataset = ogr.GetDriverByName("GeoJSON").CreateDataSource(str(path))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    layer = dataset.CreateLayer("europe", srs, ogr.wkbPolygon)
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(EUROPE_WKT))
+    layer.CreateFeature(feature)
+    feature = layer = dataset = None
+    return path
+
+
+def europe_memory_layer() -> QgsVectorLayer:
+    """The same polygon drawn in a scratch layer (no file: the plugin writes one for the engine)."""
+    layer = QgsVectorLayer("Polygon?crs=EPSG:4326", "drawn area", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromWkt(EUROPE_WKT))
+    layer.dataProvider().addFeatures([feature])
+    return layer
+
+
+def _search_rows(gpkg: Path) -> list[tuple]:
+    with sqlite3.connect(gpkg) as db:
+        rows = db.execute("SELECT sha256, score, point_source FROM search_results ORDER BY rank").fetchall()
+    db.close()
+    return rows
+
+
+@pytest.mark.slow
+def test_processing_search_takes_polygons_claimed_times_pooling_and_point_source_as_the_cli(
+        results_gpkg, model_path, plugin_settings, gtloc_provider, tmp_path):
+    import processing
+
+    area = europe_file(tmp_path)
+    base = {"GPKG": str(results_gpkg), "MODEL": str(model_path), "MONTH": "6-8", "TOP_K": 20}
+    cli_base = ["--month", "6-8", "--top", 20]
+    runs = {  # Processing parameters, the same as gtloc search options
+        "claim": ({"WITHIN": str(area), "POINT_SOURCE": 1, "POOLING": 1},
+                  ["--within", area, "--point-source", "claim", "--pooling", "mean"]),
+        "prediction": ({"WITHIN": europe_memory_layer(), "POINT_SOURCE": 2},
+                       ["--within", area, "--point-source", "prediction"]),
+        "july": ({"CLAIMED_AFTER": "2021-07-01T00:00", "CLAIMED_BEFORE": "2021:08:01 00:00:00"},
+                 ["--claimed-after", "2021-07-01T00:00", "--claimed-before", "2021:08:01 00:00:00"]),
+        "august": ({"CLAIMED_AFTER": "2021-08-01T00:00"}, ["--claimed-after", "2021-08-01T00:00"]),
+    }
+    found = {}
+    for name, (params, options) in runs.items():
+        out = tmp_path / f"{name}.gpkg"
+        result = processing.run("gtloc:search", {**base, **params, "OUTPUT": str(out)})
+        expected = cli_search(results_gpkg, model_path, *cli_base, *options)["results"]
+        rows = _search_rows(out)
+        assert result["N_RESULTS"] == len(rows) == len(expected), name
+        assert [r[0] for r in rows] == [r["sha256"] for r in expected], name
+        assert [r[1] for r in rows] == pytest.approx([r["score"] for r in expected], abs=1e-6), name
+        assert validate_gpkg(out) == [], name  # search_results in a new GeoPackage: nothing to report
+        found[name] = rows
+    # Only the claimed photo claims a place (Paris) and a time (2021-07-14 15:30 local).
+    assert len(found["claim"]) == 1 and found["claim"][0][2] == "claim"
+    assert {r[2] for r in found["prediction"]} <= {"prediction"}
+    assert len(found["july"]) == 1 and found["july"][0][0] == found["claim"][0][0] and found["august"] == []
+    # Mean pooling scores differ from the default best-matching time's.
+    max_pooled = cli_search(results_gpkg, model_path, *cli_base, "--within", area, "--point-source", "claim")
+    assert max_pooled["results"][0]["score"] != pytest.approx(found["claim"][0][1], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_search_dock_sends_a_polygon_layer_claimed_times_pooling_and_point_source(results_gpkg, model_path,
+                                                                                     plugin_settings, iface, tmp_path):
+    from qgis_plugin.ui.search_dock import SearchDock
+
+    project = QgsProject.instance()
+    layers = load_prediction(results_gpkg)
+    add_to_project(layers, "filtered search test", project)
+    drawn = europe_memory_layer()
+    project.addMapLayer(drawn)
+    dock = SearchDock(iface)
+    try:
+        dock.set_place(QgsPointXY(PARIS_LATLON_DEG[1], PARIS_LATLON_DEG[0]))
+        dock.month.setText("6-8")
+        dock.within.setLayer(drawn)
+        dock.claimed_after.setText("2021-01-01T00:00")
+        dock.claimed_before.setText("2022-01-01T00:00")
+        dock.pooling.setCurrentIndex(dock.pooling.findData("mean"))
+        dock.point_source.setCurrentIndex(dock.point_source.findData("claim"))
+        kwargs = dock.request_kwargs(layers.photos)
+        assert {k: kwargs[k] for k in ("pooling", "point_source", "claimed_after", "claimed_before")} == {
+            "pooling": "mean", "point_source": "claim", "claimed_after": "2021-01-01T00:00",
+            "claimed_before": "2022-01-01T00:00"}
+        assert Path(kwargs["within"]).is_file() and kwargs["within_layer"]  # the drawn layer, written for the engine
+        dock.top_k.setValue(20)
+        dock.search_button.click()
+        wait_until(lambda: dock.task is None, timeout_s=120)
+        expected = cli_search(results_gpkg, model_path, "--near", f"{PARIS_LATLON_DEG[0]},{PARIS_LATLON_DEG[1]}",
+                              "--month", "6-8", "--within", europe_file(tmp_path), "--claimed-after",
+                              "2021-01-01T00:00", "--claimed-before", "2022-01-01T00:00", "--pooling", "mean",
+                              "--point-source", "claim", "--top", 20)["results"]
+        assert dock.status.text().startswith(f"{len(expected)} of 1 photos"), dock.status.text()
+        listed = [[dock.results.topLevelItem(i).text(c) for c in range(3)]
+                  for i in range(dock.results.topLevelItemCount())]
+        assert listed == [[str(r["rank"]), f"{r['score']:.4f}", Path(r["path"]).name] for r in expected]
+        assert [row[2] for row in listed] == ["claimed.jpg"]
+        dock.within.setLayer(None)
+        assert "within" not in dock.request_kwargs(layers.photos)
+    finally:
+        dock.unload()
+        dock.deleteLater()
+        project.removeMapLayers([layer.id() for layer in layers.all()] + [drawn.id()])
+
+
+class _Warnings(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.warnings: list[str] = []
+
+    def pushWarning(self, warning: str) -> None:
+        self.warnings.append(warning)
+        super().pushWarning(warning)
+
+
+def _column(gpkg: Path, table: str, column: str) -> tuple[str, list]:
+    """(declared SQL type, values) of a column, read with sqlite3."""
+    with sqlite3.connect(gpkg) as db:
+        declared = {row[1]: row[2] for row in db.execute(f'PRAGMA table_info("{table}")')}[column]
+        values = [row[0] for row in db.execute(f'SELECT "{column}" FROM "{table}" ORDER BY fid')]
+    db.close()
+    return declared, values
+
+
+@pytest.mark.slow
+def test_the_export_of_gtloc_layers_and_search_results_passes_gdals_validator(model_path, engine_files, iface,
+                                                                             plugin_settings, gtloc_provider,
+                                                                             tmp_path):
+    import processing
+
+    results = tmp_path / "results.gpkg"
+    _engine_run(ENGINE_GTLOC, "predict", engine_files["claimed_jpeg"], engine_files["toy_photos"][0], "--model",
+                model_path, "--out", results, "--rasters", tmp_path / "rasters", "--res-deg", "2", "--top-k", "2",
+                "--quiet")
+    hits = tmp_path / "hits.gpkg"
+    processing.run("gtloc:search", {"GPKG": str(results), "MODEL": str(model_path), "MONTH": "6", "TOP_K": 2,
+                                    "OUTPUT": str(hits)})
+    layers = load_prediction(results)
+    search_layer = QgsVectorLayer(f"{hits}|layername=search_results", "search results", "ogr")
+    assert search_layer.isValid() and layers.rasters
+    out = tmp_path / "export.gpkg"
+    feedback = _Warnings()
+    result = processing.run("gtloc:export", {"LAYERS": [*layers.all(), search_layer], "OUTPUT": str(out)},
+                            feedback=feedback)
+    assert result["N_LAYERS"] == len(layers.all()) + 1
+    assert validate_gpkg(out) == []
+    with sqlite3.connect(out) as db:
+        contents = dict(db.execute("SELECT table_name, data_type FROM gpkg_contents").fetchall())
+    db.close()
+    assert {"photos", "candidates", "regions", "claim_prediction", "search_results"} <= set(contents)
+    assert sum(kind == "2d-gridded-coverage" for kind in contents.values()) == len(layers.rasters)
+    # map_time is copied as the results GeoPackage stores it: a DATETIME where its times are UTC, else text.
+    source_type, source_values = _column(results, "photos", "map_time")
+    declared, values = _column(out, "photos", "map_time")
+    assert values == source_values
+    utc = all(v is None or v.endswith("Z") for v in source_values)
+    assert declared == ("DATETIME" if utc else "TEXT"), (source_type, source_values, declared)
+    assert any("map_time" in w for w in feedback.warnings) == (not utc)
+
+
+def test_export_keeps_utc_times_as_datetimes_and_writes_other_times_as_text(gtloc_provider, tmp_path):
+    """A GeoPackage DATETIME is UTC ('...Z'): QGIS 3.22's own writer drops the mark, so layers read from a file are
+    copied by GDAL; a column with times of no time zone (a local wall clock, or a layer QGIS writes) becomes text."""
+    import processing
+    from osgeo import ogr, osr
+
+    source = tmp_path / "times.gpkg"
+    dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(source))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    for name, tz_flag in (("utc", 100), ("wall_clock", 0)):
+        layer = dataset.CreateLayer(name, srs, ogr.wkbPoint)
+        layer.CreateField(ogr.FieldDefn("t", ogr.OFTDateTime))
+        for with_time in (True, False):
+            feature = ogr.Feature(layer.GetLayerDefn())
+            if with_time:
+                feature.SetField("t", 2021, 7, 14, 15, 30, 0, tz_flag)
+            feature.SetGeometry(ogr.CreateGeometryFromWkt("POINT (2.35 48.85)"))
+            layer.CreateFeature(feature)
+    feature = layer = dataset = None
+    memory = QgsVectorLayer("Point?crs=EPSG:4326&field=t:datetime", "scratch", "memory")
+    feature = QgsFeature(memory.fields())
+    feature.setAttribute("t", QDateTime(QDate(2021, 7, 14), QTime(15, 30), Qt.UTC))
+    feature.setGeometry(QgsGeometry.fromWkt("POINT (2.35 48.85)"))
+    memory.dataProvider().addFeatures([feature])
+    layers = [QgsVectorLayer(f"{source}|layername={name}", name, "ogr") for name in ("utc", "wall_clock")] + [memory]
+    out = tmp_path / "export.gpkg"
+    out.write_text("an earlier export")  # replaced, not appended to
+    feedback = _Warnings()
+    processing.run("gtloc:export", {"LAYERS": layers, "OUTPUT": str(out)}, feedback=feedback)
+    assert validate_gpkg(out) == []
+    assert _column(out, "utc", "t") == ("DATETIME", ["2021-07-14T15:30:00.000Z", None])
+    assert _column(out, "wall_clock", "t") == ("TEXT", ["2021-07-14T15:30:00.000", None])
+    assert _column(out, "scratch", "t")[0] == "TEXT"
+    assert sorted(w.split(":")[0] for w in feedback.warnings) == ["scratch", "wall_clock"]

@@ -1,9 +1,10 @@
-"""The settings dialog (saved as data, engine test against the real worker) and the time-posterior heat map."""
+"""The settings dialog (saved as data; the engine test in the background against the real worker, its one-line
+status never cut off; paths that do not exist refused) and the time-posterior heat map."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import ENGINE_PYTHON
+from conftest import ENGINE_PYTHON, wait_until
 
 from qgis_plugin.settings import PluginSettings, describe_time, load_settings, parse_capture_time, save_settings
 
@@ -15,8 +16,8 @@ def clean_settings():
     save_settings(PluginSettings())
 
 
-def test_the_settings_dialog_tests_the_engine_and_saves_what_was_entered(clean_settings, model_path, tmp_path,
-                                                                         qgis_app):
+def test_the_settings_dialog_tests_the_engine_in_the_background_and_saves_what_was_entered(clean_settings, model_path,
+                                                                                          tmp_path, qgis_app):
     from qgis_plugin.ui.settings_dialog import SettingsDialog
 
     dialog = SettingsDialog()
@@ -24,8 +25,17 @@ def test_the_settings_dialog_tests_the_engine_and_saves_what_was_entered(clean_s
     dialog.model.setFilePath(str(model_path))
     dialog.top_k.setValue(7)
     dialog.out_dir.setFilePath(str(tmp_path))
-    dialog.test_engine()
-    assert "protocol 1" in dialog.status.text() and "model sha256" in dialog.status.text()
+    task = dialog.test_engine()
+    # The call returned while the engine is still starting (seconds: it imports its packages): QGIS is not blocked.
+    assert task is not None and dialog.probe is task and not dialog.test_button.isEnabled()
+    assert dialog.status_text().startswith(f"starting the engine ({ENGINE_PYTHON})")
+    assert dialog.test_engine() is None  # one test at a time
+    wait_until(lambda: dialog.probe is None, timeout_s=180)
+    assert dialog.test_button.isEnabled()
+    text = dialog.status_text()
+    assert text.startswith("engine ") and "protocol 1" in text and str(ENGINE_PYTHON.parent) in text, text
+    # The model's trained heads (this tiny model trained location and time only), from its header.
+    assert f"model {model_path.name}: heads location, time (sha256 " in text, text
     dialog.accept()
     assert load_settings() == PluginSettings(engine=str(ENGINE_PYTHON), model=str(model_path), top_k=7,
                                              out_dir=str(tmp_path))
@@ -36,8 +46,71 @@ def test_the_settings_dialog_reports_a_broken_engine_in_one_line(clean_settings,
 
     dialog = SettingsDialog()
     dialog.engine.setFilePath(str(tmp_path / "no-such-python"))
-    dialog.test_engine()
-    assert dialog.status.text().startswith("error:") and "no-such-python" in dialog.status.text()
+    assert dialog.test_engine() is None  # nothing to start
+    assert dialog.status_text().startswith("error:") and "no-such-python" in dialog.status_text()
+    assert "\n" not in dialog.status_text() and dialog.test_button.isEnabled()
+
+
+def test_the_settings_dialog_refuses_a_model_that_does_not_exist(clean_settings, tmp_path, qgis_app):
+    from qgis.PyQt.QtWidgets import QDialog
+
+    from qgis_plugin.ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog()
+    dialog.engine.setFilePath(str(ENGINE_PYTHON))
+    dialog.model.setFilePath(str(tmp_path / "gone.safetensors"))
+    expected = f"error: model {tmp_path / 'gone.safetensors'} does not exist: choose a gtloc checkpoint"
+    assert dialog.test_engine() is None and dialog.probe is None  # refused before any engine starts
+    assert dialog.status_text().startswith(expected), dialog.status_text()
+    dialog.top_k.setValue(9)
+    dialog.accept()
+    assert dialog.result() != QDialog.Accepted and dialog.status_text().startswith(expected)
+    assert load_settings() == PluginSettings()  # nothing saved
+    dialog.model.setFilePath(str(tmp_path))  # a folder is no model either
+    dialog.accept()
+    assert dialog.result() != QDialog.Accepted and "does not exist" in dialog.status_text()
+
+
+def test_the_engine_test_blames_the_model_not_a_photo_when_the_model_is_no_checkpoint(clean_settings, tmp_path,
+                                                                                      qgis_app):
+    from qgis_plugin.ui.settings_dialog import SettingsDialog
+
+    not_a_model = tmp_path / "holiday.safetensors"
+    not_a_model.write_bytes(b"\xff\xd8\xff\xe0 a JPEG renamed")
+    dialog = SettingsDialog()
+    dialog.engine.setFilePath(str(ENGINE_PYTHON))
+    dialog.model.setFilePath(str(not_a_model))
+    assert dialog.test_engine() is not None
+    wait_until(lambda: dialog.probe is None, timeout_s=180)
+    text = dialog.status_text()
+    assert text.startswith(f"error: checkpoint {not_a_model} is not a readable safetensors file"), text
+    assert "photo" not in text and "\n" not in text and dialog.test_button.isEnabled()
+
+
+@pytest.mark.parametrize("sep", ["/", "\\"], ids=["posix path", "windows path"])
+def test_the_status_line_is_never_cut_off(clean_settings, sep, qgis_app):
+    """A long one-line error with a long path wraps inside the dialog, at spaces and at path separators, and the
+    dialog grows to show every line (a top-level window does not by itself: the line used to be cut off)."""
+    from qgis.PyQt.QtCore import QRect, Qt
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from qgis_plugin.ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog()
+    dialog.resize(420, 200)
+    dialog.show()
+    path = "C:" + sep.join(["cases", "2024", "folder_name"] * 6 + ["model.safetensors"])
+    message = (f"error: checkpoint {path} is not a readable safetensors file (SafetensorError); it may be corrupt or "
+               "truncated: re-download or re-train it")
+    dialog.show_status(message)
+    QApplication.processEvents()
+    label = dialog.status
+    area = label.contentsRect()
+    shown = label.fontMetrics().boundingRect(QRect(0, 0, area.width(), 100_000), Qt.TextWordWrap, label.text())
+    assert shown.height() > 3 * label.fontMetrics().height()  # several lines, all of them inside the label
+    assert shown.width() <= area.width() and shown.height() <= area.height(), (shown, area)
+    assert dialog.rect().contains(label.geometry()) and dialog.status_text() == message
+    dialog.close()
 
 
 @pytest.mark.parametrize("typed, stored", [
@@ -80,8 +153,8 @@ def test_the_settings_dialog_refuses_an_unparseable_known_time_and_saves_a_good_
     dialog.known_time.setText("14/07/2024 18h30")
     dialog.accept()
     assert dialog.result() != QDialog.Accepted  # stays open, nothing saved
-    assert dialog.status.text().startswith("error: known capture time '14/07/2024 18h30'"), dialog.status.text()
-    assert "2024-07-14T18:30" in dialog.status.text()
+    assert dialog.status_text().startswith("error: known capture time '14/07/2024 18h30'"), dialog.status_text()
+    assert "2024-07-14T18:30" in dialog.status_text()
     assert load_settings() == PluginSettings()
     dialog.known_time.setText("2024:07:14 18:30:00")
     dialog.accept()

@@ -1,4 +1,5 @@
-"""Training records from a CSV manifest or from a folder of photos read through their EXIF.
+"""Labelled photos (where, and if known when) from a CSV manifest or a folder of photos' EXIF, and their splits:
+what training trains on and evaluation scores.
 
 Manifest columns: `path` (relative to the manifest's folder or absolute), `lat_deg`, `lon_deg`, `timestamp`
 (ISO 8601, EXIF 'YYYY:MM:DD HH:MM:SS' or Unix seconds; may be empty: that photo trains the location loss only),
@@ -27,7 +28,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Record:
-    """One training photo: where (lat_deg, lon_deg) and, if known, when (torus theta_year, phi_day)."""
+    """One labelled photo: where (lat_deg, lon_deg) and, if known, when (torus theta_year, phi_day)."""
 
     path: Path
     lat_deg: float
