@@ -1,10 +1,11 @@
 """The offline demo: SunWorld photos -> train a small model from scratch -> predict held-out photos -> metrics.
 
-Everything runs on a CPU with nothing downloaded. Outputs in the demo folder: sunworld/ (JPEGs with EXIF and
-manifest.csv), run/ (model.safetensors, history), predictions.json (per test photo: truth and prediction),
-metrics.json and metrics.md (the evaluation table), results.gpkg (the first 40 test photos: points, candidates,
-credible regions, claim verdicts) and rasters/ (global and regional probability GeoTIFFs of three of them).
-Re-running resumes: finished photos, features and epochs are kept.
+Everything runs on a CPU with nothing downloaded. Outputs in the demo folder: sunworld/ (JPEGs with EXIF,
+manifest.csv, scenes.csv), run/ (model.safetensors, history), predictions.json (per test photo: truth and
+prediction), metrics.json and metrics.md (the evaluation table), chance.json (what guessing reaches on the same
+test photos), results.gpkg (the first 40 test photos: points, candidates, credible regions, claim verdicts) and
+rasters/ (global and regional probability GeoTIFFs of three of them). Re-running resumes: finished photos,
+features and epochs are kept.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from gtloc_engine.evaluation.runner import evaluate_embeddings, markdown_table
+from gtloc_engine.geo import haversine_km
 from gtloc_engine.inference.predictor import Predictor
 from gtloc_engine.io.atomic import atomic_write
 from gtloc_engine.model.checkpoint import load_checkpoint
@@ -25,14 +29,36 @@ from gtloc_engine.training.trainer import MODEL_FILE, TrainConfig, Trainer
 log = logging.getLogger(__name__)
 
 
+def chance_levels(train_latlon_deg: np.ndarray, test_latlon_deg: np.ndarray, n_retrieval: int) -> dict[str, float]:
+    """What guessing reaches on the test photos, for reading the demo's and the benchmarks' place numbers:
+    - a random training place: the expected share of test photos within 2500 km of one training photo's place
+      drawn at random, and the median distance to it;
+    - the best single place: the training photo's place with the most training photos within 2500 km, guessed for
+      every test photo (chosen on the training split, scored on the test split);
+    - retrieval: R@10 of a random ranking of n_retrieval photos, 10 / n_retrieval (in %)."""
+    train = np.asarray(train_latlon_deg, dtype=np.float64)
+    test = np.asarray(test_latlon_deg, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    ref = train[rng.choice(len(train), size=min(len(train), 2000), replace=False)]
+    d_test = haversine_km(test[:, None, :], ref[None, :, :])  # (test, ref)
+    d_train = haversine_km(ref[:, None, :], train[None, :, :])  # (ref, train)
+    best = int(np.argmax((d_train <= 2500.0).sum(axis=1)))
+    return {
+        "random_place_acc_2500km": float(100.0 * np.mean(d_test <= 2500.0)),
+        "random_place_median_km": float(np.median(d_test)),
+        "best_place_acc_2500km": float(100.0 * np.mean(d_test[:, best] <= 2500.0)),
+        "retrieval_r@10": float(100.0 * min(10, n_retrieval) / max(n_retrieval, 1)),
+    }
+
+
 @dataclass
 class DemoConfig:
     """Sized to finish in under 3 minutes on 2 CPU cores."""
 
-    n_photos: int = 3000
+    n_photos: int = 4000
     seed: int = 0
     preset: str = "small"
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 1e-3  # heads and backbone alike: the backbone starts from random weights
     untimed_fraction: float = 0.3  # like MP-16, many training photos carry no capture time
@@ -68,10 +94,17 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: b
     results += [{"photo": str(test[i].path), "error": reason} for i, reason in failures]
     metrics = evaluate_embeddings(predictor, emb, [test[i] for i in ok])
     table = markdown_table({f"GT-Loc ({cfg.preset}, SunWorld test)": metrics})
+    all_records = read_manifest(manifest)
+    chance = chance_levels(np.array([(r.lat_deg, r.lon_deg) for r in all_records if r.split == "train"]),
+                           np.array([(test[i].lat_deg, test[i].lon_deg) for i in ok]),
+                           sum(test[i].torus is not None for i in ok))
     atomic_write(out / "predictions.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
     atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+    atomic_write(out / "chance.json", lambda tmp: tmp.write_text(json.dumps(chance, indent=2) + "\n"))
     atomic_write(out / "metrics.md", lambda tmp: tmp.write_text(table + "\n"))
     print(table)
+    print(f"chance: {chance['random_place_acc_2500km']:.1f}% within 2500 km of a random training place, "
+          f"{chance['best_place_acc_2500km']:.1f}% of the best single place; R@10 {chance['retrieval_r@10']:.1f}%")
 
     # The analyst's products for the first test photos: results.gpkg (their SunWorld EXIF place and time are the
     # claims, checked against the model) and GeoTIFFs for three of them. 1-degree surfaces and 40 photos keep

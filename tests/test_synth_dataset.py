@@ -7,13 +7,15 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from zoneinfo import ZoneInfo
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.io.exif import read_exif_claims
-from gtloc_engine.synth import solar_position, write_dataset
+from gtloc_engine.synth import SCENE_COLUMNS, read_scenes, solar_position, write_dataset
 
 N_PHOTOS = 30
 
@@ -70,6 +72,9 @@ def test_untimed_photos_are_a_share_of_the_train_split_only(dataset):
 
 
 def test_timestamps_are_iso_local_time_with_offset_and_pixels_follow_the_sun(dataset):
+    from timezonefinder import TimezoneFinder
+
+    finder = TimezoneFinder()
     bright_day, dark_night = [], []
     for r in _rows(dataset):
         if not r["timestamp"]:
@@ -77,7 +82,10 @@ def test_timestamps_are_iso_local_time_with_offset_and_pixels_follow_the_sun(dat
         assert r["timestamp"][10] == "T" and r["timestamp"][-6] in "+-" and r["timestamp"][-3] == ":"
         stamp = dt.datetime.fromisoformat(r["timestamp"])
         offset_min = int(stamp.utcoffset().total_seconds() // 60)
-        assert offset_min == round(float(r["lon_deg"]) / 15.0) * 60
+        # The offset is the one the place's IANA zone had at that wall clock (DST included), not longitude's.
+        zone = finder.timezone_at_land(lng=float(r["lon_deg"]), lat=float(r["lat_deg"]))
+        assert zone is not None
+        assert ZoneInfo(zone).utcoffset(stamp.replace(tzinfo=None)) == stamp.utcoffset()
         lat, lon = float(r["lat_deg"]), float(r["lon_deg"])
         el = float(solar_position(lat, lon, stamp.replace(tzinfo=None), offset_min).elevation_deg)
         with Image.open(dataset.parent / r["path"]) as im:
@@ -85,6 +93,48 @@ def test_timestamps_are_iso_local_time_with_offset_and_pixels_follow_the_sun(dat
         (bright_day if el > 10 else dark_night if el < -12 else []).append(mean)
     assert bright_day and min(bright_day) > 40
     assert all(m < 40 for m in dark_night)
+
+
+@pytest.fixture(scope="module")
+def dst_dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("sunworld_dst") / "ds", 80, seed=9)
+
+
+def test_exif_times_are_the_local_wall_clock_with_the_zones_offset_and_gps_utc(dst_dataset):
+    scenes = read_scenes(dst_dataset.parent)
+    summer_time = 0
+    for r in _rows(dst_dataset):
+        claims = read_exif_claims(dst_dataset.parent / r["path"])
+        scene = scenes[r["path"]]
+        zone = ZoneInfo(scene["zone"])
+        local = dt.datetime.fromisoformat(r["timestamp"]).replace(tzinfo=None)
+        assert claims.local_datetime == local  # DateTimeOriginal: the wall clock where the photo was taken
+        expected = int(zone.utcoffset(local).total_seconds() // 60)
+        assert claims.utc_offset_min == expected == scene["utc_offset_min"]  # OffsetTimeOriginal
+        utc = (local - dt.timedelta(minutes=expected)).replace(tzinfo=dt.timezone.utc)
+        assert claims.gps_utc_datetime == utc  # GPSDateStamp + GPSTimeStamp
+        assert scene["utc_time"] == utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        standard = min(zone.utcoffset(dt.datetime(local.year, 1, 15)), zone.utcoffset(dt.datetime(local.year, 7, 15)))
+        summer_time += zone.utcoffset(local) != standard
+    assert summer_time >= 3  # some photos are on daylight saving time
+
+
+def test_scenes_hold_the_truth_behind_every_photo(dst_dataset):
+    header = (dst_dataset.parent / "scenes.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert tuple(header.split(",")) == SCENE_COLUMNS
+    scenes = read_scenes(dst_dataset.parent)
+    rows = _rows(dst_dataset)
+    assert set(scenes) == {r["path"] for r in rows}
+    for r in rows:
+        sc = scenes[r["path"]]
+        stamp = dt.datetime.fromisoformat(r["timestamp"])
+        sun = solar_position(float(r["lat_deg"]), float(r["lon_deg"]), stamp.replace(tzinfo=None),
+                             int(stamp.utcoffset().total_seconds() // 60))
+        assert sc["sun_elevation_deg"] == pytest.approx(float(sun.elevation_deg), abs=1e-3)
+        assert sc["sun_azimuth_deg"] == pytest.approx(float(sun.azimuth_deg), abs=1e-3)
+        rel = (sc["sun_azimuth_deg"] - sc["grid_bearing_deg"]) % 360.0
+        assert min(abs(rel - sc["sun_azimuth_rel_grid_deg"]), 360 - abs(rel - sc["sun_azimuth_rel_grid_deg"])) < 1e-3
+        assert 0.0 <= sc["snow_cover"] <= 1.0 and 0.0 <= sc["greenness"] <= 1.0
 
 
 def test_same_seed_gives_identical_manifest_and_pixels(dataset, tmp_path):

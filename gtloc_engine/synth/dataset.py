@@ -2,10 +2,15 @@
 
 Layout of out_dir:
     photos/000000.jpg ...   rendered photos; EXIF carries GPS position and altitude, and (for timed photos)
-                            DateTimeOriginal + OffsetTimeOriginal + GPS UTC time
+                            DateTimeOriginal (the local wall clock of the place's IANA zone, DST included) +
+                            OffsetTimeOriginal (that zone's offset then) + GPS UTC date and time
     manifest.csv            path,lat_deg,lon_deg,timestamp,split (path relative to out_dir; timestamp ISO 8601
                             local wall clock with its offset, empty for untimed photos)
-    world.json              seed and every parameter, enough to regenerate the same files
+    scenes.csv              the truth behind each photo, for oracles and diagnostics: its town, IANA zone (or
+                            'nautical ...'), UTC offset and UTC time, region, the sun's elevation and azimuth, the
+                            region's grid bearing and the sun's azimuth relative to it (also for untimed photos)
+    world.json              seed and every parameter (and the packaged data's versions), enough to regenerate
+                            the same files
 
 Every photo's pixels depend only on (seed, its index) and the parameters, so a re-run into the same folder skips
 photos already there and still produces a byte-identical manifest. Untimed photos (only in the train split, like
@@ -28,12 +33,17 @@ from gtloc_engine.errors import GtlocError
 from gtloc_engine.io.atomic import atomic_write_text
 from gtloc_engine.io.exif import write_jpeg_with_exif
 from gtloc_engine.synth.render import RenderConfig, render_photo
+from gtloc_engine.synth.solar import local_to_utc, solar_position
 from gtloc_engine.synth.world import SunWorld, WorldConfig
 
-__all__ = ["write_dataset", "MANIFEST_COLUMNS"]
+__all__ = ["write_dataset", "read_scenes", "MANIFEST_COLUMNS", "SCENE_COLUMNS"]
 
 MANIFEST_COLUMNS = ("path", "lat_deg", "lon_deg", "timestamp", "split")
-_FORMAT = "sunworld-dataset/1"
+SCENE_COLUMNS = ("path", "town", "country", "zone", "utc_offset_min", "utc_time", "region_id", "sun_elevation_deg",
+                 "sun_azimuth_deg", "grid_bearing_deg", "sun_azimuth_rel_grid_deg", "snow_cover", "greenness", "spring",
+                 "autumn", "rain", "smoke")
+_CLIMATE_COLUMNS = ("snow_cover", "greenness", "spring", "autumn", "rain", "smoke")
+_FORMAT = "sunworld-dataset/2"
 # Stream labels for np.random.default_rng([seed, stream, ...]): independent streams per purpose and per photo.
 _STREAM_SAMPLES, _STREAM_SPLITS, _STREAM_PHOTO = 1, 2, 3
 # The manifest's precision; EXIF stores 1e-4 arcsec (3e-8 deg), so the two agree to the digits written here.
@@ -137,6 +147,13 @@ def write_dataset(
     lat_all = np.round(samples.lat_deg, _LATLON_DECIMALS)
     lon_all = np.round(samples.lon_deg, _LATLON_DECIMALS)
     render_config = RenderConfig()
+    sun = solar_position(lat_all, lon_all, samples.local_datetime, samples.utc_offset_min)
+    utc = local_to_utc(samples.local_datetime, samples.utc_offset_min)
+    bearing = world.regions.grid_bearing_deg[samples.region_id]
+    climate = world.climate(lat_all, samples.local_datetime, samples.region_id)
+    scenes = io.StringIO()
+    scene_writer = csv.writer(scenes, lineterminator="\n")
+    scene_writer.writerow(SCENE_COLUMNS)
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -164,6 +181,30 @@ def write_dataset(
             )
         stamp = "" if untimed[i] else local.replace(tzinfo=dt.timezone(dt.timedelta(minutes=offset_min))).isoformat()
         writer.writerow([rel, f"{lat:.{_LATLON_DECIMALS}f}", f"{lon:.{_LATLON_DECIMALS}f}", stamp, split[i]])
+        town = int(samples.town_index[i])
+        scene_writer.writerow([
+            rel, world.towns.name[town], world.towns.country[town], samples.zone_name[i], offset_min,
+            str(utc[i]) + "Z", int(samples.region_id[i]), f"{sun.elevation_deg[i]:.4f}", f"{sun.azimuth_deg[i]:.4f}",
+            f"{bearing[i]:.4f}", f"{np.mod(sun.azimuth_deg[i] - bearing[i], 360.0):.4f}",
+            *(f"{float(getattr(climate, c)[i]):.4f}" for c in _CLIMATE_COLUMNS)])
+    atomic_write_text(out / "scenes.csv", scenes.getvalue())
     manifest = out / "manifest.csv"
     atomic_write_text(manifest, buffer.getvalue())
     return manifest
+
+
+def read_scenes(dataset_dir) -> dict[str, dict]:
+    """scenes.csv of a dataset as {path relative to the dataset: row}, numbers parsed."""
+    path = Path(dataset_dir) / "scenes.csv"
+    if not path.is_file():
+        raise GtlocError(f"{path} not found: a SunWorld dataset written by this version has one")
+    out = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            for key in ("utc_offset_min", "region_id"):
+                row[key] = int(row[key])
+            for key in ("sun_elevation_deg", "sun_azimuth_deg", "grid_bearing_deg", "sun_azimuth_rel_grid_deg",
+                        *_CLIMATE_COLUMNS):
+                row[key] = float(row[key])
+            out[row["path"]] = row
+    return out

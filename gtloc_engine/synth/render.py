@@ -1,4 +1,4 @@
-"""One SunWorld photo: a small RGB image whose sky, sun, shadows and ground follow the true sun and season.
+"""One SunWorld photo: a small RGB image whose sky, sun, shadows and ground follow the true sun, place and season.
 
 A pinhole camera stands camera_height_m above flat ground, facing a random heading (azimuth clockwise from
 north). Everything is computed in that camera's frame: per pixel, its azimuth and elevation (sky) or the point
@@ -7,13 +7,22 @@ where its ray meets the ground (ground). The cues a model can learn are the phys
   warm glow on the horizon on the sun's side, the sun's disc where azimuth-minus-heading and elevation put it;
 - buildings and trees whose shadows on the ground are H / tan(elevation) long and point away from the sun;
   the side of a crown or a facade facing the sun is lit;
-- the ground's colour from the region's palette, the season's foliage and snow (world.py's climate);
-- the region's buildings, trees and mountains (what the place looks like);
+- the region's street/field grid on the ground around the camera (it fades into open ground beyond ~20 m), whose
+  bearing is fixed per region: low walls along its lines cast shadow bands H / tan(elevation) * |sin| or |cos|
+  (sun azimuth - grid bearing) wide on their side away from the sun, next to footways that mark the grid's sides
+  (pale on the right of the avenues walking along the bearing, red beyond the cross walls) and are cambered
+  (footway_tilt_deg), so each is lit by Lambert's law as the sun stands on its side of the grid or not. The camera
+  heading is random, so the sun's direction in the frame says nothing about the hour; the shadows and the footways'
+  light *across the grid* give the sun's azimuth minus the grid's bearing, which is the sun's compass direction
+  (morning or afternoon) to a model that knows the place;
+- the ground's colour from the region's palette, the season's foliage (spring flush, autumn, summer drought,
+  tropical wet and dry seasons) and snow, the burning season's smoke haze (world.py's climate);
+- the region's buildings, trees and mountains (what the place looks like; the mountains are fixed in azimuth);
 and the nuisances that blur them: clouds (which also dim the direct sun, so shadows fade), camera heading and
 pitch, exposure, white balance, haze and sensor noise. Street lights and lit windows appear at night in towns.
 
 Speed matters (millions of photos on a CPU): all per-pixel work is vectorised numpy on the whole frame and the
-camera geometry is cached per image size; a 64x64 photo takes about 1-2 ms.
+camera geometry is cached per image size; a 64x64 photo takes about 2-3 ms.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ class RenderConfig:
 
     hfov_deg: float = 70.0
     camera_height_m: float = 1.6
+    pitch_mean_deg: float = 0.0
     pitch_sd_deg: float = 4.0  # people tilt their phones; the horizon moves
     max_objects: int = 10
     object_distance_m: tuple[float, float] = (7.0, 45.0)
@@ -44,6 +54,10 @@ class RenderConfig:
     target_luminance: float = 0.2
     exposure_sd_ev: float = 0.3
     sensor_noise: float = 0.006
+    grid_wall_width_m: float = 0.35  # the grid's low walls, seen from above
+    grid_footway_m: float = 1.1  # footway beside each wall, on the grid's positive side
+    footway_tilt_deg: float = 30.0  # camber of the footways (see render_photo)
+    grid_fade_m: float = 18.0  # the grid is the block around the camera: it fades into open ground beyond ~this
 
     def __post_init__(self) -> None:
         if not 20.0 <= self.hfov_deg <= 120.0:
@@ -75,6 +89,14 @@ class SceneInfo:
     object_is_building: np.ndarray
     shadow_ground_fraction: float  # share of visible ground pixels darkened by a shadow
     sun_pixel_rowcol: tuple[float, float] | None  # where the disc centre projects, if in front of the camera
+    grid_bearing_deg: float = 0.0  # the region's avenues, clockwise from north
+    sun_azimuth_rel_grid_deg: float = 0.0  # sun azimuth minus grid bearing, in [0, 360): the place-dependent cue
+    grid_shadow_length_m: float = 0.0  # wall height / tan(sun elevation); 0 when the sun is down or veiled
+    grid_shadow_fraction: float = 0.0  # share of visible ground within grid_fade_m in a wall's shadow
+    spring: float = 0.0
+    autumn: float = 0.0
+    smoke: float = 0.0
+    layers: dict | None = None  # with render_photo(return_layers=True): per ground pixel grid coordinates, masks
 
 
 # ---- fixed noise tiles ---------------------------------------------------------------------------------------
@@ -138,8 +160,8 @@ _HORIZON_SUN_RGB = np.array(
 # low sun is dimmer and redder; the air mass follows Kasten & Young (1989).
 _BEAM_TAU = np.array([0.06, 0.10, 0.18])
 _SNOW_RGB = np.array([0.86, 0.89, 0.93])
-_DRY_GRASS_RGB = np.array([0.40, 0.34, 0.17])
-_GREEN_RGB = np.array([0.10, 0.22, 0.06])
+_DRY_GRASS_RGB = np.array([0.46, 0.36, 0.17])
+_GREEN_RGB = np.array([0.11, 0.27, 0.05])
 _AUTUMN_RGB = np.array([0.50, 0.22, 0.05])
 _CONIFER_RGB = np.array([0.05, 0.13, 0.06])
 _BARE_RGB = np.array([0.22, 0.18, 0.14])
@@ -147,6 +169,11 @@ _TRUNK_RGB = np.array([0.20, 0.14, 0.09])
 _PAVED_RGB = np.array([0.30, 0.30, 0.31])
 _LAMP_RGB = np.array([1.0, 0.65, 0.30])
 _LUMA = np.array([0.2126, 0.7152, 0.0722])
+_FRESH_RGB = np.array([0.24, 0.40, 0.07])  # spring's new leaves
+_BLOSSOM_RGB = np.array([0.92, 0.72, 0.80])
+_SMOKE_RGB = np.array([1.25, 1.0, 0.72])  # relative tint of burning-season haze
+_AVENUE_WAY_RGB = np.array([0.78, 0.74, 0.62])  # pale footway right of the avenues (walking along the bearing)
+_CROSS_WAY_RGB = np.array([0.55, 0.16, 0.12])  # red footway beyond the cross walls
 
 
 def _interp_rgb(e: float, knots: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -194,12 +221,14 @@ def render_photo(
     config: RenderConfig | None = None,
     heading_deg: float | None = None,
     cloud_cover: float | None = None,
+    return_layers: bool = False,
 ) -> tuple[np.ndarray, SceneInfo]:
     """Render one photo taken at (lat_deg, lon_deg) at a local wall-clock time; returns (uint8 HxWx3, SceneInfo).
 
     All random choices (heading, objects, clouds, exposure, noise) come from rng in a fixed order that does
     not depend on the time, so one rng seed at one place renders the same scene under different suns.
-    heading_deg and cloud_cover, when given, override the drawn values.
+    heading_deg and cloud_cover, when given, override the drawn values. return_layers adds the ground's grid
+    coordinates and masks to SceneInfo.layers (tests and diagnostics).
     """
     cfg = config if config is not None else RenderConfig()
     height, width = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
@@ -217,22 +246,26 @@ def render_photo(
     snow = float(clim.snow_cover)
     green = float(clim.greenness)
     autumn = float(clim.autumn)
+    spring = float(clim.spring)
+    smoke = float(clim.smoke)
 
     # ---- every random draw, in a fixed order ----
     k_max = cfg.max_objects
     drawn_heading = rng.uniform(0.0, 360.0)
-    pitch_deg = float(np.clip(rng.normal(2.0, cfg.pitch_sd_deg), -8.0, 12.0))
+    pitch_deg = float(np.clip(rng.normal(cfg.pitch_mean_deg, cfg.pitch_sd_deg), -10.0, 10.0))
     cover_kind = rng.random()
     cover_draw = rng.random()
     cloud_off = rng.uniform(0.0, _TILE, 2)
     ground_off = rng.uniform(0.0, _TILE, 2)
     visibility_m = float(np.exp(rng.uniform(np.log(600.0), np.log(8000.0))))
+    visibility_m *= 1.0 - 0.8 * smoke  # burning-season smoke
     exposure_ev = rng.normal(0.0, cfg.exposure_sd_ev)
     white_balance = np.exp(rng.normal(0.0, 0.03, 3))
     n_obj = min(int(rng.poisson(reg.objects_per_photo[region])), k_max)
     u_obj = rng.random((7, k_max))
     wall_pick = rng.integers(0, 2, k_max)
     noise = rng.standard_normal((height, width, 3))
+    grid_off = rng.random(2)  # where the camera stands within a cell of the grid
 
     heading = float(drawn_heading if heading_deg is None else heading_deg) % 360.0
     if cloud_cover is None:
@@ -254,7 +287,7 @@ def render_photo(
     sun_rgb = _beam_rgb(sun_el)  # direct sunlight, 1 at the zenith
     sin_el = np.sin(np.deg2rad(sun_el))
     cos_el = np.cos(np.deg2rad(sun_el))
-    direct = float(_smoothstep(-0.5, 2.0, sun_el) * (1.0 - 0.93 * cover**1.3))
+    direct = float(_smoothstep(-0.5, 2.0, sun_el) * (1.0 - 0.93 * cover**1.3) * (1.0 - 0.3 * smoke))
     direct_irr = sun_rgb * max(sin_el, 0.0) * direct * 1.1
     ambient_irr = lum * (0.5 * away_rgb + 0.5 * zenith_rgb) * 0.55
     night = float(1.0 - _smoothstep(-8.0, -1.0, sun_el))
@@ -272,6 +305,9 @@ def render_photo(
     cos_daz = np.cos(az_px - np.deg2rad(sun_az))  # (W,)
     sun_side = ((1.0 + cos_daz) / 2.0) ** 2
     horizon_rgb = away_rgb[None, :] * (1.0 - sun_side[:, None]) + toward_rgb[None, :] * sun_side[:, None]  # (W, 3)
+    if smoke > 0.0:  # a brown pall near the horizon
+        horizon_rgb = horizon_rgb * (1.0 - 0.5 * smoke) + _SMOKE_RGB * (0.5 * smoke * horizon_rgb.mean(axis=1,
+                                                                                                keepdims=True))
     horizon_lum = lum * horizon_rgb
     img = np.empty((height, width, 3))
 
@@ -323,8 +359,10 @@ def render_photo(
     gx = z_row * x_col[None, :]  # (G, W)
     ch, sh = np.cos(np.deg2rad(heading)), np.sin(np.deg2rad(heading))
     scale = reg.texture_scale_m[region]
-    east = (z_row * sh + gx * ch) / scale
-    north = (z_row * ch - gx * sh) / scale
+    east_m = z_row * sh + gx * ch  # (G, W) metres east and north of the camera
+    north_m = z_row * ch - gx * sh
+    east = east_m / scale
+    north = north_m / scale
     fade = np.exp(z_row / (-30.0 * scale))
     tex = (0.5 + (_sample_tile(_GROUND_TILE, east + ground_off[0], north + ground_off[1]) - 0.5) * fade)[..., None]
     patch = _sample_tile(_GROUND_TILE, east / 9.0 + ground_off[1], north / 9.0 + ground_off[0])[..., None]
@@ -333,13 +371,55 @@ def render_photo(
     albedo = (soil[0] + (soil[1] - soil[0]) * tex) * (1.0 + contrast * (tex - 0.5))
     veg_rgb = _DRY_GRASS_RGB * (1.0 - green) + _GREEN_RGB * green
     veg_rgb = veg_rgb * (1.0 - 0.7 * autumn) + _AUTUMN_RGB * (0.7 * autumn)
+    veg_rgb = veg_rgb * (1.0 - 0.6 * spring) + _FRESH_RGB * (0.6 * spring)
     veg = np.clip((patch - (1.0 - reg.vegetation_cover[region])) * 4.0 + 0.5, 0.0, 1.0)
     albedo = albedo + (veg_rgb * (0.8 + 0.4 * tex) - albedo) * veg
     if urban > 0.3:
         paved = np.clip((0.6 * urban - patch) * 5.0 + 0.5, 0.0, 1.0)
         albedo = albedo + (_PAVED_RGB - albedo) * paved
+    # The region's street/field grid: a along the avenues (the grid bearing), c across them (bearing + 90).
+    bearing = float(reg.grid_bearing_deg[region])
+    rel = np.deg2rad(sun_az - bearing)
+    sb, cb = np.sin(np.deg2rad(bearing)), np.cos(np.deg2rad(bearing))
+    lc, la = (float(v) for v in reg.grid_spacing_m[region])
+    tw, fw = cfg.grid_wall_width_m, cfg.grid_footway_m
+    grid_a = east_m * sb + north_m * cb + grid_off[0] * la
+    grid_c = east_m * cb - north_m * sb + grid_off[1] * lc
+    a_mod, c_mod = np.mod(grid_a, la), np.mod(grid_c, lc)
+    near = 1.0 - _smoothstep(0.7 * cfg.grid_fade_m, 1.2 * cfg.grid_fade_m, z_row)  # (G, 1): 1 near, 0 beyond the block
+    is_wall = (c_mod < tw) | (a_mod < tw)
+    is_avenue_way = ~is_wall & (c_mod < tw + fw)  # right of each avenue wall, walking along the bearing
+    is_cross_way = ~is_wall & ~is_avenue_way & (a_mod < tw + fw)  # beyond each cross wall
+    w_wall, w_avenue, w_cross = near * is_wall, near * is_avenue_way, near * is_cross_way
+    kerb = reg.kerb_rgb[region]
+    albedo = (albedo * (1.0 - w_wall - w_avenue - w_cross)[..., None] + kerb * w_wall[..., None]
+              + _AVENUE_WAY_RGB * w_avenue[..., None] + _CROSS_WAY_RGB * w_cross[..., None])
+    # Wall shadows: a ground point is shaded when, walking towards the sun, it meets a wall within the shadow's
+    # reach (wall height / tan elevation) times the sun's component across that wall; wall tops stay lit.
+    grid_shade = np.zeros((height - n_sky, width))
+    grid_shadow_len = 0.0
+    if direct > 0.0 and sun_el > 0.5 and n_sky < height:
+        grid_shadow_len = float(min(reg.grid_wall_height_m[region] / np.tan(np.deg2rad(sun_el)), 200.0))
+
+        def band(coord_mod, period, component):
+            ahead = np.mod(-coord_mod, period) if component >= 0 else np.mod(coord_mod - tw, period)
+            reach = grid_shadow_len * abs(component)
+            return np.clip((reach - ahead) / (0.04 + 0.01 * reach) + 0.5, 0.0, 1.0)
+
+        shade_c = band(c_mod, lc, float(np.sin(rel)))  # avenue walls: the sun's component across them
+        shade_a = band(a_mod, la, float(np.cos(rel)))  # cross walls: its component along the avenues
+        grid_shade = near * np.maximum(shade_c, shade_a) * ~is_wall
+    # The footways are cambered: each slopes down away from its wall by footway_tilt_deg, the avenues' towards +c,
+    # the cross ways' towards +a, so the direct sun on them goes with the sun's side of the grid (Lambert).
+    tilt = np.deg2rad(cfg.footway_tilt_deg)
+    sin_e = max(float(np.sin(np.deg2rad(sun_el))), 1e-3)
+    cos_e = float(np.cos(np.deg2rad(sun_el)))
+    lit_avenue = max(np.sin(tilt) * cos_e * float(np.sin(rel)) + np.cos(tilt) * sin_e, 0.0) / sin_e
+    lit_cross = max(np.sin(tilt) * cos_e * float(np.cos(rel)) + np.cos(tilt) * sin_e, 0.0) / sin_e
+    direct_gain = 1.0 + w_avenue * (min(lit_avenue, 4.0) - 1.0) + w_cross * (min(lit_cross, 4.0) - 1.0)
     if snow > 0.0:
         snow_mask = np.clip((snow * 1.3 - 1.0 + 0.5 * tex + 0.5 * patch) * 5.0, 0.0, 1.0)
+        snow_mask = snow_mask * (1.0 - 0.5 * (near * is_wall))[..., None]  # wall tops shed some snow
         albedo = albedo + (_SNOW_RGB - albedo) * snow_mask
     haze = (1.0 - np.exp(z_row / -visibility_m))[..., None]  # (G, 1, 1)
 
@@ -417,6 +497,10 @@ def render_photo(
             broadleaf_rgb = veg_rgb * (0.4 + 0.6 * green) + _BARE_RGB * (0.6 - 0.6 * green)
             crown_rgb = np.where(conifer[k][:, None], _CONIFER_RGB, broadleaf_rgb)
             crown_rgb = crown_rgb * (1.0 - 0.6 * snow) + _SNOW_RGB * (0.6 * snow)
+            if spring > 0.0:  # blossom on broadleaf crowns while the leaves come out
+                fleck = np.mod(np.sin(pix[0] * 12.9898 + pix[1] * 78.233 + k * 3.7) * 43758.5453, 1.0)
+                bloom = (fleck < 0.35 * spring) & ~conifer[k]
+                crown_rgb = np.where(bloom[:, None], _BLOSSOM_RGB, crown_rgb)
             rgb = np.where(bld[:, None], wall[k], np.where(is_trunk[:, None], _TRUNK_RGB, crown_rgb)) * irr
             # Windows on facades: dark glass by day, some lit at night.
             lx = (c_p - (u0[k] - hw[k])) * z0[k] / f_px
@@ -433,7 +517,8 @@ def render_photo(
 
     # ---- ground lighting and haze, then the objects on top ----
     lamps = (urban * night * 0.008) * np.exp(z_row / -60.0)[..., None] * _LAMP_RGB
-    ground = albedo * (direct_irr * (1.0 - shade[..., None]) + ambient_irr) + lamps
+    shade_all = np.maximum(shade, grid_shade)
+    ground = albedo * (direct_irr * (direct_gain * (1.0 - shade_all))[..., None] + ambient_irr) + lamps
     img[n_sky:] = ground + (horizon_lum[None, :, :] - ground) * haze
     ground_pixels = np.ones((height - n_sky, width), dtype=bool)
     if obj_pix is not None:
@@ -442,6 +527,9 @@ def render_photo(
         ground_pixels[obj_pix[0][on_ground] - n_sky, obj_pix[1][on_ground]] = False
     n_ground = int(ground_pixels.sum())
     shadow_fraction = float((shade[ground_pixels] > 0.5).sum() / n_ground) if n_ground else 0.0
+    near_ground = ground_pixels & (z_row < cfg.grid_fade_m)
+    n_near = int(near_ground.sum())
+    grid_fraction = float((grid_shade[near_ground] > 0.5).sum() / n_near) if n_near else 0.0
 
     # ---- camera: auto exposure (limited), white balance, tone curve, vignetting, noise ----
     metered = float(np.minimum(img, 1.5).reshape(-1, 3).mean(axis=0) @ _LUMA)
@@ -474,5 +562,20 @@ def render_photo(
         object_is_building=kinds == 0,
         shadow_ground_fraction=shadow_fraction,
         sun_pixel_rowcol=sun_pixel,
+        grid_bearing_deg=bearing,
+        sun_azimuth_rel_grid_deg=float(np.mod(sun_az - bearing, 360.0)),
+        grid_shadow_length_m=grid_shadow_len,
+        grid_shadow_fraction=grid_fraction,
+        spring=spring,
+        autumn=autumn,
+        smoke=smoke,
+        layers=None if not return_layers else {
+            "first_ground_row": n_sky,
+            "distance_m": np.broadcast_to(z_row, (height - n_sky, width)).copy(),
+            "grid_a_m": grid_a, "grid_c_m": grid_c,
+            "grid_spacing_m": (lc, la), "wall_width_m": tw,
+            "is_wall": is_wall, "is_avenue_way": is_avenue_way, "is_cross_way": is_cross_way,
+            "grid_shade": grid_shade, "object_shade": shade, "ground_visible": ground_pixels,
+        },
     )
     return image, info
