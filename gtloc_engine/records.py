@@ -3,7 +3,8 @@ what training trains on and evaluation scores.
 
 Manifest columns: `path` (relative to the manifest's folder or absolute), `lat_deg`, `lon_deg`, `timestamp`
 (ISO 8601, EXIF 'YYYY:MM:DD HH:MM:SS' or Unix seconds; may be empty: that photo trains the location loss only),
-optional `utc_offset_min` (turns Unix seconds into local time; else the longitude's nautical zone is used) and
+optional `utc_offset_min` (turns Unix seconds into local time; else the place's IANA zone at that instant is used,
+DST included, and at open sea, where no zone exists, the nautical zone of its longitude, counted in the log) and
 optional `split` (train / val / test).
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.geo import validate_latlon
 from gtloc_engine.timecode import parse_time
+from gtloc_engine.timezones import zone_at
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ def read_manifest(csv_path: str | Path) -> list[Record]:
     if not csv_path.is_file():
         raise GtlocError(f"manifest {csv_path} not found; give a CSV with columns path,lat_deg,lon_deg,timestamp")
     records: list[Record] = []
+    at_sea = 0  # rows whose Unix time took the nautical zone
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = {"path", "lat_deg", "lon_deg"} - set(reader.fieldnames or [])
@@ -73,7 +76,11 @@ def read_manifest(csv_path: str | Path) -> list[Record]:
                 except ValueError:
                     pass
                 try:
-                    local = parse_time(value, utc_offset_min=int(offset) if offset else None, lon_deg=lon)
+                    offset_min = int(offset) if offset else None
+                    if offset_min is None and isinstance(value, float):  # UTC: the place's clock then
+                        zone = zone_at(lat, lon)
+                        offset_min, at_sea = zone.offset_min(value), at_sea + zone.nautical
+                    local = parse_time(value, utc_offset_min=offset_min)
                 except (GtlocError, ValueError) as exc:
                     raise GtlocError(f"{where}: {exc}") from None
                 torus = (local.theta_year, local.phi_day)
@@ -84,11 +91,15 @@ def read_manifest(csv_path: str | Path) -> list[Record]:
             records.append(Record(path if path.is_absolute() else csv_path.parent / path, lat, lon, torus, split))
     if not records:
         raise GtlocError(f"manifest {csv_path} has no rows")
+    if at_sea:
+        log.warning("manifest %s: %d Unix times at open sea, where no IANA zone exists, were made local with the "
+                    "nautical zone of their longitude", csv_path, at_sea)
     return records
 
 
 def scan_photo_folder(folder: str | Path) -> list[Record]:
-    """Records from photos whose EXIF has a GPS place; photos without one are skipped and counted in the log."""
+    """Records from photos that claim a GPS place (EXIF or XMP, io/exif.py); photos without one are skipped and
+    counted in the log."""
     from gtloc_engine.io.exif import read_exif_claims
     from gtloc_engine.io.photos import iter_photo_paths
 
@@ -107,9 +118,9 @@ def scan_photo_folder(folder: str | Path) -> list[Record]:
             torus = (local.theta_year, local.phi_day)
         records.append(Record(path, claims.lat_deg, claims.lon_deg, torus))
     if skipped:
-        log.warning("%d photos in %s have no EXIF GPS place and were skipped", skipped, folder)
+        log.warning("%d photos in %s have no EXIF or XMP GPS place and were skipped", skipped, folder)
     if not records:
-        raise GtlocError(f"photo folder {folder} has no photos with an EXIF GPS place to train on")
+        raise GtlocError(f"photo folder {folder} has no photos with an EXIF or XMP GPS place to train on")
     return records
 
 

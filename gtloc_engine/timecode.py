@@ -74,10 +74,21 @@ def _from_datetime(value: dt.datetime) -> LocalTime:
     )
 
 
+def date_at_month_pos(year: int, month_pos: float) -> dt.date:
+    """The date of a month position in `year`: the inverse of LocalTime.month_pos ((month - 1) + (day - 1) / (365/12)),
+    the day clipped to the month's last (a position past day 28 of February is Feb 28 or 29)."""
+    month_pos = float(month_pos) % 12.0
+    month = min(int(month_pos), 11) + 1
+    day = 1 + int((month_pos - (month - 1)) * DAYS_PER_MONTH + 1e-9)
+    next_month = dt.date(year + month // 12, month % 12 + 1, 1)
+    return dt.date(year, month, min(day, (next_month - dt.timedelta(days=1)).day))
+
+
 def utc_offset_min_for_lon(lon_deg):
     """Nautical time zone of a longitude in minutes, round(lon / 15) hours (an int, or an int array).
 
-    A fallback when no real offset is known, and SunWorld's clocks. Halves round away from zero so zones are
+    Only for open sea, where no IANA zone exists (gtloc_engine.timezones labels it so): on land it is hours off
+    (China, Spain, western Russia) or 30-45 minutes (India, Nepal). Halves round away from zero so zones are
     symmetric about Greenwich; 180 and -180 share a zone.
     """
     lon = np.asarray(lon_deg, dtype=np.float64)
@@ -88,11 +99,11 @@ def utc_offset_min_for_lon(lon_deg):
     return int(offset) if offset.ndim == 0 else offset
 
 
-def parse_time(value: TimeLike, *, utc_offset_min: int | None = None, lon_deg: float | None = None) -> LocalTime:
+def parse_time(value: TimeLike, *, utc_offset_min: int | None = None) -> LocalTime:
     """Turn Unix seconds, ISO 8601, EXIF 'YYYY:MM:DD HH:MM:SS' or a datetime into local calendar fields.
 
-    Strings and naive datetimes are taken as the local wall clock already. Unix seconds are UTC, so they need an
-    offset: `utc_offset_min` if given, else the nautical zone of `lon_deg`; with neither it is an error.
+    Strings and naive datetimes are taken as the local wall clock already. Unix seconds are UTC, so they need
+    `utc_offset_min` (the place's real one: gtloc_engine.timezones.utc_offset_min); without it they are an error.
     Aware datetimes and ISO strings with an offset keep their own wall clock.
     """
     if isinstance(value, LocalTime):
@@ -104,11 +115,7 @@ def parse_time(value: TimeLike, *, utc_offset_min: int | None = None, lon_deg: f
         if not math.isfinite(seconds):
             raise TimeValueError(f"Unix time {value!r} is not a finite number")
         if utc_offset_min is None:
-            if lon_deg is None:
-                raise TimeValueError(
-                    f"Unix time {value!r} is UTC and no UTC offset or longitude was given to turn it into local time"
-                )
-            utc_offset_min = utc_offset_min_for_lon(lon_deg)
+            raise TimeValueError(f"Unix time {value!r} is UTC and no UTC offset was given to turn it into local time")
         try:
             zone = dt.timezone(dt.timedelta(minutes=utc_offset_min))
             return _from_datetime(dt.datetime.fromtimestamp(seconds, tz=zone))

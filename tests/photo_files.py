@@ -1,9 +1,12 @@
 """Writers of real small photo files for the tests, good and hostile: noise images, a PNG bomb header, JPEGs with
-EXIF planted tag by tag (values the engine's own writer refuses). Shared by the photo, EXIF and pipeline tests."""
+EXIF planted tag by tag (values the engine's own writer refuses), metadata written by exiftool (the reference
+writer: CI installs Debian's libimage-exiftool-perl). Shared by the photo, EXIF, claim-source and pipeline tests."""
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -59,3 +62,30 @@ def gps_position(lat_ref, lat_dms, lon_ref, lon_dms) -> dict:
         GPS.GPSLongitudeRef: lon_ref,
         GPS.GPSLongitude: lon_dms,
     }
+
+
+EXIFTOOL = shutil.which("exiftool")
+
+
+def exiftool_write(path: Path, *assignments: str) -> Path:
+    """Write tags into an existing photo with exiftool ('-DateTimeOriginal=...', '-xmp<=sidecar.xmp', ...).
+
+    exiftool refuses bad values with a warning and exit status 0, or writes nothing with status 1: both fail the
+    test here, so a case never silently tests a file without the metadata it names. `-TAG#=` writes a raw value
+    (zero or blank dates) without exiftool's own checks."""
+    proc = subprocess.run([EXIFTOOL, "-q", "-overwrite_original", *assignments, str(path)], capture_output=True,
+                          text=True, timeout=60)
+    if proc.returncode != 0 or "Warning" in proc.stderr or "Error" in proc.stderr:
+        raise AssertionError(f"exiftool {' '.join(assignments)} on {path}: rc {proc.returncode}: {proc.stderr.strip()}")
+    return path
+
+
+def xmp_packet(**properties: str) -> bytes:
+    """An XMP packet holding the given properties ('exif_GPSLatitude': '51,30,2.52N', prefix_Name) as attributes
+    of one rdf:Description: for values exiftool would normalise or refuse (given to it as a sidecar, -xmp<=)."""
+    namespaces = {"exif": "http://ns.adobe.com/exif/1.0/", "xmp": "http://ns.adobe.com/xap/1.0/",
+                  "photoshop": "http://ns.adobe.com/photoshop/1.0/"}
+    attrs = " ".join(f"{key.replace('_', ':', 1)}='{value}'" for key, value in properties.items())
+    xmlns = " ".join(f"xmlns:{prefix}='{uri}'" for prefix, uri in namespaces.items())
+    return (f"<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
+            f"<rdf:Description rdf:about='' {xmlns} {attrs}/></rdf:RDF></x:xmpmeta>").encode()

@@ -1,4 +1,5 @@
-"""SunWorld's solar geometry against NREL SPA (pvlib) and against the textbook noon identity."""
+"""The solar model (gtloc_engine/solar.py: the claim sun checks, the shadow locus, SunWorld) against NREL SPA (pvlib)
+and against the textbook noon identity."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from gtloc_engine.errors import TimeValueError
-from gtloc_engine.synth.solar import solar_position, utc_offset_min_for_lon
+from gtloc_engine.solar import solar_position, utc_offset_min_for_lon
 
 pvlib = pytest.importorskip("pvlib")
 

@@ -29,17 +29,18 @@ def test_unix_seconds_become_local_time_with_the_given_offset():
     assert t.utc_offset_min == 60
 
 
-def test_unix_seconds_fall_back_to_the_longitudes_nautical_zone():
-    stamp = dt.datetime(2021, 3, 1, 12, 0, tzinfo=dt.timezone.utc).timestamp()
-    assert parse_time(stamp, lon_deg=139.7).hour == 12 + 9
-    assert parse_time(stamp, lon_deg=-74.0).hour == 12 - 5
+def test_the_nautical_zone_of_a_longitude_rounds_halves_away_from_greenwich():
+    assert utc_offset_min_for_lon(139.7) == 9 * 60 and utc_offset_min_for_lon(-74.0) == -5 * 60
     assert utc_offset_min_for_lon(-180.0) == utc_offset_min_for_lon(180.0) == -720
     assert utc_offset_min_for_lon(np.array([7.5, -7.5, 0.0])).tolist() == [60, -60, 0]
 
 
-def test_unix_seconds_without_offset_or_longitude_is_an_error():
+def test_unix_seconds_without_an_offset_is_an_error():
+    # No longitude fallback: the offset at a place is its IANA zone's (gtloc_engine.timezones), never lon / 15.
     with pytest.raises(TimeValueError, match="UTC"):
         parse_time(1_600_000_000)
+    with pytest.raises(TypeError):
+        parse_time(1_600_000_000, lon_deg=10.0)
 
 
 def test_subseconds_and_z_suffix():

@@ -24,6 +24,8 @@ KNOWN = [
     (19.0760, 72.8777, "Asia/Kolkata", dt.datetime(2017, 3, 3, 3, 3), 330),
     (-31.5553, 159.0821, "Australia/Lord_Howe", dt.datetime(2021, 1, 1, 12, 0), 660),  # half-hour DST: +11
     (-31.5553, 159.0821, "Australia/Lord_Howe", dt.datetime(2021, 7, 1, 12, 0), 630),
+    (-34.9285, 138.6007, "Australia/Adelaide", dt.datetime(2022, 1, 10, 15, 0), 630),  # ACDT, summer: +10:30
+    (-34.9285, 138.6007, "Australia/Adelaide", dt.datetime(2022, 7, 10, 15, 0), 570),  # ACST, winter: +9:30
     (64.1466, -21.9426, "Atlantic/Reykjavik", dt.datetime(2016, 6, 21, 23, 0), 0),
 ]
 
@@ -101,3 +103,41 @@ def test_localize_and_from_utc_refuse_the_wrong_kind_of_time():
         madrid.localize(dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc))
     with pytest.raises(TimeValueError):
         madrid.from_utc(dt.datetime(2021, 1, 1))
+
+
+def test_kashgar_is_in_asia_urumqi_two_hours_behind_beijing():
+    # timezonefinder's polygons put Kashgar in Asia/Urumqi, Xinjiang time (+06:00, no DST), not in China's official
+    # Asia/Shanghai (+08:00), which many clocks there keep: EXIF claims with their own offset keep it (io/exif.py).
+    kashgar = zone_at(39.4704, 75.9898)
+    assert kashgar == Zone("Asia/Urumqi")
+    for local in (dt.datetime(2023, 1, 15, 12, 0), dt.datetime(2023, 7, 15, 12, 0)):
+        assert kashgar.offset_min(local) == 360 == ZoneInfo("Asia/Urumqi").utcoffset(local) / dt.timedelta(minutes=1)
+        assert ZoneInfo("Asia/Shanghai").utcoffset(local) - ZoneInfo("Asia/Urumqi").utcoffset(local) == dt.timedelta(
+            hours=2)
+
+
+def test_manifest_unix_times_become_local_with_the_places_real_zone(tmp_path, caplog):
+    from gtloc_engine.records import read_manifest
+
+    # (lat, lon, UTC instant, zone that zoneinfo must agree with); the last row is at open sea (nautical UTC-02:00).
+    rows = [(40.4168, -3.7038, dt.datetime(2021, 7, 15, 10, 0), "Europe/Madrid"),
+            (27.7172, 85.3240, dt.datetime(2019, 5, 1, 3, 0), "Asia/Kathmandu"),
+            (-34.9285, 138.6007, dt.datetime(2022, 1, 10, 3, 0), "Australia/Adelaide"),
+            (-34.9285, 138.6007, dt.datetime(2022, 7, 10, 3, 0), "Australia/Adelaide"),
+            (39.4704, 75.9898, dt.datetime(2023, 3, 1, 2, 0), "Asia/Urumqi"),
+            (0.0, -30.0, dt.datetime(2020, 6, 1, 12, 0), None)]
+    lines = ["path,lat_deg,lon_deg,timestamp"]
+    for i, (lat, lon, utc, _) in enumerate(rows):
+        lines.append(f"p{i}.jpg,{lat},{lon},{utc.replace(tzinfo=dt.timezone.utc).timestamp():.0f}")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        records = read_manifest(manifest)
+    for record, (lat, lon, utc, name) in zip(records, rows):
+        aware = utc.replace(tzinfo=dt.timezone.utc)
+        local = aware.astimezone(ZoneInfo(name)) if name else aware - dt.timedelta(hours=2)
+        assert record.torus[1] * 24 == pytest.approx(local.hour + local.minute / 60, abs=1e-9), (name, local)
+    # Kathmandu's +05:45 and Adelaide's +10:30 / +09:30: whole-hour zones from the longitude would be 15-30 min off.
+    assert records[1].torus[1] * 24 == pytest.approx(8.75) and records[2].torus[1] * 24 == pytest.approx(13.5)
+    assert records[3].torus[1] * 24 == pytest.approx(12.5) and records[0].torus[1] * 24 == pytest.approx(12.0)
+    assert "1 Unix times at open sea" in caplog.text and "nautical" in caplog.text

@@ -19,10 +19,10 @@ Public surface:
     read_scenes             a dataset's scenes.csv (the truth behind each photo)
 """
 
+from gtloc_engine.solar import SolarPosition, solar_position, utc_offset_min_for_lon
 from gtloc_engine.synth.dataset import MANIFEST_COLUMNS, SCENE_COLUMNS, read_scenes, write_dataset
 from gtloc_engine.synth.earth import is_land
 from gtloc_engine.synth.render import RenderConfig, SceneInfo, render_photo
-from gtloc_engine.synth.solar import SolarPosition, solar_position, utc_offset_min_for_lon
 from gtloc_engine.synth.world import Climate, SunWorld, WorldConfig, WorldSample, climate_at
 
 __all__ = [

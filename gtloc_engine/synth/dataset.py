@@ -32,8 +32,8 @@ from PIL import Image
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.io.atomic import atomic_write_text
 from gtloc_engine.io.exif import write_jpeg_with_exif
+from gtloc_engine.solar import local_to_utc, solar_position
 from gtloc_engine.synth.render import RenderConfig, render_photo
-from gtloc_engine.synth.solar import local_to_utc, solar_position
 from gtloc_engine.synth.world import SunWorld, WorldConfig
 
 __all__ = ["write_dataset", "read_scenes", "MANIFEST_COLUMNS", "SCENE_COLUMNS"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gtloc_engine.synth.solar import solar_position
+from gtloc_engine.solar import solar_position
 from gtloc_engine.synth.world import SunWorld
 
 __all__ = ["RenderConfig", "SceneInfo", "render_photo"]

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from gtloc_engine.solar import day_of_year, solar_position
 from gtloc_engine.synth.earth import EARTH_RADIUS_KM, is_land, towns
-from gtloc_engine.synth.solar import day_of_year, solar_position
 from gtloc_engine.timezones import Zone, zone_at
 
 __all__ = ["WorldConfig", "RegionTable", "Climate", "WorldSample", "SunWorld", "climate_at", "solar_declination_deg"]

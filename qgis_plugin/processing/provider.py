@@ -7,7 +7,7 @@ from pathlib import Path
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithms import ExportAlgorithm, PredictAlgorithm, SearchAlgorithm
+from .algorithms import ExportAlgorithm, PredictAlgorithm, SearchAlgorithm, ShadowAlgorithm
 
 
 class GtlocProvider(QgsProcessingProvider):
@@ -21,5 +21,5 @@ class GtlocProvider(QgsProcessingProvider):
         return QIcon(str(Path(__file__).parent.parent / "icon.svg"))
 
     def loadAlgorithms(self):
-        for algorithm in (PredictAlgorithm(), SearchAlgorithm(), ExportAlgorithm()):
+        for algorithm in (PredictAlgorithm(), SearchAlgorithm(), ExportAlgorithm(), ShadowAlgorithm()):
             self.addAlgorithm(algorithm)

@@ -1,12 +1,14 @@
 """Where the sun is, from first principles: the sun's orbit (NOAA's solar calculator, after Meeus) -> declination
 and equation of time -> true solar time -> hour angle -> zenith and azimuth.
 
-SunWorld needs the true sun for every synthetic photo (sky colour, sun disc, shadows), so that the only signal
-linking pixels to place and time is the physics a real photo carries. NOAA's shorter recipe, Spencer's (1971)
-Fourier series in the fractional year, was fitted to one year and drifts with the leap-year cycle: against
-NREL SPA it is off by up to 0.52 deg in declination and 0.9 min in the equation of time over 2015-2023. The
-orbital form below costs the same and stays within about 0.01 deg. No refraction is applied: elevations are
-geometric (the renderer decides what twilight looks like).
+Three users: the sun check of a photo's claims (inference/sun_check.py: where the sun was at the claimed place
+and time), the shadow locus (inference/shadow.py) and SunWorld, which needs the true sun for every synthetic photo
+(sky colour, sun disc, shadows), so that the only signal linking pixels to place and time is the physics a real
+photo carries. NOAA's shorter recipe, Spencer's (1971) Fourier series in the fractional year, was fitted to one
+year and drifts with the leap-year cycle: against NREL SPA it is off by up to 0.52 deg in declination and 0.9 min
+in the equation of time over 2015-2023. The orbital form below costs the same and stays within about 0.01 deg. No
+refraction is applied: elevations are geometric (the renderer decides what twilight looks like; sun_check counts
+refraction in its -0.833 deg sunrise).
 
 Conventions: latitude north positive, longitude east positive, azimuth clockwise from true north (90 = east),
 times are local wall-clock with their offset from UTC in minutes (east of Greenwich positive).
