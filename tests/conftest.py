@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import csv
 import datetime as dt
+import itertools
 import os
 import shutil
 import tempfile
@@ -81,3 +82,27 @@ def trained_checkpoint(toy_manifest, cache_dir, tmp_path_factory) -> Path:
                         batch_size=64, lr=1e-3, loc_queue=128, time_queue=128, warmup_steps=10,
                         cache_dir=str(cache_dir), progress=False)).run()
     return out / MODEL_FILE
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL 15 + PostGIS server on a private unix socket (tests/postgis_cluster.py); the tests
+    that use it are skipped, with the reason, where PostgreSQL or PostGIS is not installed."""
+    from postgis_cluster import PgServer, PgUnavailable
+
+    try:
+        server = PgServer.start()
+    except PgUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_case(pg_server, request) -> str:
+    """A new database with PostGIS and no tables: a PostGIS case target (postgresql://...?host=SOCKET)."""
+    name = f"case{next(_CASE_NUMBERS)}_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    return pg_server.create_database(name)
+
+
+_CASE_NUMBERS = itertools.count(1)

@@ -1,10 +1,13 @@
-"""The collection a search runs over, read from a results GeoPackage, and the search results written back as a
-GeoPackage layer.
+"""The collection a search runs over, read from a results GeoPackage or a PostGIS case, and the search results
+written back as a GeoPackage layer.
 
-The collection is the `embeddings` table `gtloc predict --out X.gpkg` writes (one float32 vector per photo bytes and
-model), joined by sha256 with the `photos` layer (paths, claimed and predicted places and times).
+The collection is the `embeddings` table `gtloc predict --out X.gpkg` (or `--out postgresql://...`) writes (one
+float32 vector per photo bytes and model), joined by sha256 with the `photos` layer (paths, claimed and predicted
+places and times). A PostGIS case is read with SELECTs only (io/postgis.read_collection_rows), so a viewer's
+read-only role searches it.
 
-    Collection, load_collection(gpkg, model_sha256)   the embeddings and photo fields of one model
+    Collection, load_collection(gpkg, model_sha256)   the embeddings and photo fields of one model (gpkg: a
+                                                      GeoPackage path or a PostGIS target)
     write_results_gpkg(out, search_output)            layer `search_results`, new file or added atomically
     write_search_output(out, search_output)           .gpkg (write_results_gpkg) or .json, written atomically
 """
@@ -23,8 +26,9 @@ import numpy as np
 
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.io.atomic import atomic_write
-from gtloc_engine.io.geopackage import check_results_path
+from gtloc_engine.io.geopackage import check_is_geopackage, check_results_path
 from gtloc_engine.io.results_schema import EMBEDDINGS_TABLE, GPKG_VERSION
+from gtloc_engine.io.store import is_database_target, shown_target
 
 RESULTS_LAYER = "search_results"
 
@@ -36,7 +40,7 @@ class Collection:
     Only bytes that still have a row in `photos` are kept (a changed file leaves its old embedding behind).
     """
 
-    gpkg: Path
+    gpkg: Path | str  # a results GeoPackage, or a PostGIS case's target
     model_sha256: str
     emb: np.ndarray  # (N, dim) float32, L2-normalised
     sha256: list[str]
@@ -67,10 +71,44 @@ class Collection:
 
 
 def load_collection(gpkg: str | os.PathLike, model_sha256: str) -> Collection:
-    """The collection of `model_sha256` in a results GeoPackage; one clear GtlocError when there is none."""
+    """The collection of `model_sha256` in a results GeoPackage or a PostGIS case; one clear GtlocError when there
+    is none."""
+    if is_database_target(gpkg):
+        from gtloc_engine.io.postgis import read_collection_rows
+
+        gpkg = os.fspath(gpkg)
+        rows, records = read_collection_rows(gpkg, model_sha256)
+    else:
+        gpkg = Path(gpkg)
+        rows, records = _read_gpkg_rows(gpkg, model_sha256)
+    shown = shown_target(str(gpkg))
+    by_sha: dict[str, list[dict]] = {}
+    for record in sorted(records, key=lambda r: r["path"]):
+        by_sha.setdefault(record["sha256"], []).append(record)
+    kept = [(sha, dim, blob) for sha, dim, blob in rows if sha in by_sha]
+    if not kept:
+        raise GtlocError(f"'{shown}' has embeddings from this checkpoint but none of their photos is in its photos "
+                         "layer any more; run gtloc predict on the photos again")
+    dims = {dim for _, dim, _ in kept}
+    if len(dims) != 1:
+        raise GtlocError(f"'{shown}' has embeddings of several sizes {sorted(dims)} for one model; it is damaged, "
+                         "write the results to a new file")
+    emb = np.stack([np.frombuffer(blob, dtype="<f4", count=dim) for _, dim, blob in kept]).astype(np.float32)
+    firsts = [by_sha[sha][0] for sha, _, _ in kept]
+
+    def pairs(lat: str, lon: str) -> np.ndarray:
+        return np.array([[_float(r[lat]), _float(r[lon])] for r in firsts], dtype=np.float64).reshape(-1, 2)
+
+    return Collection(gpkg, model_sha256, emb, [sha for sha, _, _ in kept],
+                      [[r["path"] for r in by_sha[sha]] for sha, _, _ in kept],
+                      pairs("claimed_lat_deg", "claimed_lon_deg"), pairs("pred_lat_deg", "pred_lon_deg"),
+                      [r["claimed_time_local"] if isinstance(r["claimed_time_local"], str) else None for r in firsts])
+
+
+def _read_gpkg_rows(gpkg: Path, model_sha256: str) -> tuple[list[tuple[str, int, bytes]], list[dict]]:
+    """The embeddings of one model (sha256, dim, blob) in sha256 order and every photo record of a GeoPackage."""
     import pyogrio
 
-    gpkg = Path(gpkg)
     if not gpkg.is_file():
         raise GtlocError(f"results GeoPackage '{gpkg}' not found; make it with gtloc predict PHOTOS --model CKPT "
                          f"--out {gpkg.name}")
@@ -86,27 +124,7 @@ def load_collection(gpkg: str | os.PathLike, model_sha256: str) -> Collection:
                 "them, or run gtloc predict on the photos with this one first")
     photos = pyogrio.read_dataframe(gpkg, layer="photos", read_geometry=False, columns=[
         "path", "sha256", "claimed_lat_deg", "claimed_lon_deg", "pred_lat_deg", "pred_lon_deg", "claimed_time_local"])
-    by_sha: dict[str, list[dict]] = {}
-    for record in photos.sort_values("path").to_dict("records"):
-        by_sha.setdefault(record["sha256"], []).append(record)
-    kept = [(sha, dim, blob) for sha, dim, blob in rows if sha in by_sha]
-    if not kept:
-        raise GtlocError(f"'{gpkg}' has embeddings from this checkpoint but none of their photos is in its photos "
-                         "layer any more; run gtloc predict on the photos again")
-    dims = {dim for _, dim, _ in kept}
-    if len(dims) != 1:
-        raise GtlocError(f"'{gpkg}' has embeddings of several sizes {sorted(dims)} for one model; it is damaged, "
-                         "write the results to a new file")
-    emb = np.stack([np.frombuffer(blob, dtype="<f4", count=dim) for _, dim, blob in kept]).astype(np.float32)
-    firsts = [by_sha[sha][0] for sha, _, _ in kept]
-
-    def pairs(lat: str, lon: str) -> np.ndarray:
-        return np.array([[_float(r[lat]), _float(r[lon])] for r in firsts], dtype=np.float64).reshape(-1, 2)
-
-    return Collection(gpkg, model_sha256, emb, [sha for sha, _, _ in kept],
-                      [[r["path"] for r in by_sha[sha]] for sha, _, _ in kept],
-                      pairs("claimed_lat_deg", "claimed_lon_deg"), pairs("pred_lat_deg", "pred_lon_deg"),
-                      [r["claimed_time_local"] if isinstance(r["claimed_time_local"], str) else None for r in firsts])
+    return rows, photos.to_dict("records")
 
 
 def write_results_gpkg(out: str | os.PathLike, search_output: dict) -> Path:
@@ -120,7 +138,7 @@ def write_results_gpkg(out: str | os.PathLike, search_output: dict) -> Path:
     if out.suffix.lower() != ".gpkg":
         raise GtlocError(f"search results file '{out}' must end in .gpkg (or .json for JSON)")
     if os.path.lexists(out):
-        _check_geopackage(out)
+        check_is_geopackage(out, "choose another --out name or move that file")
     rows = search_output["results"]
     query_json = json.dumps(search_output["query"], ensure_ascii=False)
     frame = gpd.GeoDataFrame({
@@ -164,18 +182,6 @@ def write_search_output(out: str | os.PathLike, search_output: dict) -> Path:
         return write_results_gpkg(out, search_output)
     text = json.dumps(search_output, indent=2, ensure_ascii=False) + "\n"
     return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _check_geopackage(path: Path) -> None:
-    """GtlocError unless `path` is a GeoPackage (SQLite with gpkg_contents): never overwrite another file."""
-    refuse = f"'{path}' exists and is not a GeoPackage; choose another --out name or move that file"
-    if not path.is_file():
-        raise GtlocError(refuse)
-    try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-            db.execute("SELECT count(*) FROM gpkg_contents").fetchone()
-    except sqlite3.Error:
-        raise GtlocError(refuse) from None
 
 
 def _float(value) -> float:

@@ -18,6 +18,7 @@ mean query vector, so it is one query).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from gtloc_engine.inference.search.filters import filter_rows
 from gtloc_engine.inference.search.knn import AnnIndex, exact_top_k
 from gtloc_engine.inference.search.query import SearchConfig, SearchQuery
 from gtloc_engine.io.photos import file_sha256
+from gtloc_engine.io.store import store_target
 from gtloc_engine.model.gtloc import GTLoc
 
 
@@ -43,7 +45,7 @@ class CollectionSearch:
         from gtloc_engine.model.checkpoint import load_checkpoint, read_header
 
         self.config = config.validate()
-        self.gpkg = Path(gpkg)
+        self.gpkg = store_target(gpkg)  # a GeoPackage path, or a PostGIS case's target (text)
         self.model_path = Path(model_path)
         read_header(self.model_path)  # a missing or foreign checkpoint says so (and not that a photo is unreadable)
         self.model_sha256 = file_sha256(self.model_path)
@@ -54,7 +56,14 @@ class CollectionSearch:
 
     @property
     def sidecar_path(self) -> Path:
-        return self.gpkg.with_name(self.gpkg.name + ".faiss")
+        """Where the FAISS index is kept: next to a GeoPackage; for a PostGIS case, in the local cache
+        ($GTLOC_CACHE/search/), one file per case target (its key says which collection it indexes)."""
+        if isinstance(self.gpkg, Path):
+            return self.gpkg.with_name(self.gpkg.name + ".faiss")
+        from gtloc_engine.inference.constants import default_cache_root
+
+        name = hashlib.sha256(self.gpkg.encode()).hexdigest()[:24]
+        return default_cache_root() / "search" / f"postgis-{name}.faiss"
 
     def ann_index(self) -> AnnIndex:
         """The FAISS index of this collection: loaded from the sidecar when its key matches, else built and saved."""
