@@ -40,6 +40,7 @@ Public surface:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,16 +84,23 @@ class CredibleRegion:
 
 
 def row_cell_area_km2(surface: Surface) -> np.ndarray:
-    """(H,) WGS84 area of one cell in each row of the surface."""
-    n_edge = max(2, int(np.ceil(surface.res_deg / PARALLEL_STEP_DEG)) + 1)
-    west = surface.west_deg
-    lons = np.linspace(west, west + surface.res_deg, n_edge)
-    areas = np.empty(surface.shape[0])
-    for row, north in enumerate(surface.north_deg - np.arange(surface.shape[0]) * surface.res_deg):
-        south = max(north - surface.res_deg, -90.0)
+    """(H,) WGS84 area of one cell in each row of the surface (read-only: shared by every surface on that grid)."""
+    return _row_cell_area_km2(float(surface.west_deg), float(surface.north_deg), float(surface.res_deg),
+                              int(surface.shape[0]))
+
+
+@functools.lru_cache(maxsize=64)
+def _row_cell_area_km2(west_deg: float, north_deg: float, res_deg: float, n_rows: int) -> np.ndarray:
+    # Cached: every global surface of a run has the same grid, and its 720 Geod calls (at 0.25 deg) cost ~25 ms.
+    n_edge = max(2, int(np.ceil(res_deg / PARALLEL_STEP_DEG)) + 1)
+    lons = np.linspace(west_deg, west_deg + res_deg, n_edge)
+    areas = np.empty(n_rows)
+    for row, north in enumerate(north_deg - np.arange(n_rows) * res_deg):
+        south = max(north - res_deg, -90.0)
         cell = Polygon(list(zip(lons, np.full(n_edge, south)))
                        + list(zip(lons[::-1], np.full(n_edge, min(north, 90.0)))))
         areas[row] = abs(WGS84.geometry_area_perimeter(cell)[0]) / 1e6
+    areas.flags.writeable = False
     return areas
 
 
