@@ -34,7 +34,7 @@ def main() -> None:
     from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig
     from gtloc_engine.inference.predictor import embed_photos
     from gtloc_engine.inference.regions import credible_regions
-    from gtloc_engine.inference.surfaces import credible_level, find_candidates
+    from gtloc_engine.inference.surfaces import find_candidates
     from gtloc_engine.io.exif import read_exif_claims
     from gtloc_engine.io.photos import iter_photo_paths
 
@@ -69,8 +69,9 @@ def main() -> None:
                 estimate = pipeline.predictor.estimate_time(grid)
                 stages["time"].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                level = credible_level(surface, claims.lat_deg, claims.lon_deg) if claims.has_place else None
-                verify_claims(claims, place_level=level, pred_latlon_deg=(top.lat_deg, top.lon_deg), time_grid=grid,
+                place = (pipeline.surface_maker.score_place(e, claims.lat_deg, claims.lon_deg)
+                         if claims.has_place else None)
+                verify_claims(claims, place=place, pred_latlon_deg=(top.lat_deg, top.lon_deg), time_grid=grid,
                               time_estimate=estimate, heads_trained=pipeline.heads)
                 stages["claims"].append(time.perf_counter() - t)
             rows.append((res, run_s, {k: statistics.median(v) for k, v in stages.items()},

@@ -89,13 +89,50 @@ def _time_gallery(args):
 def request_params(args, method: str) -> dict:
     """The engine's parameters of `method` (gtloc_engine/protocol.py, the worker's too) from the options that carry
     them: each such option's dest is the parameter's name. predict's --out is out_gpkg when it names a GeoPackage
-    (any other name is the CLI's own JSON file)."""
+    or a PostGIS case (any other name is the CLI's own JSON file)."""
+    from gtloc_engine.io.store import is_database_target
     from gtloc_engine.protocol import PARAMS
 
     params = {row.name: getattr(args, row.name) for row in PARAMS[method] if getattr(args, row.name, None) is not None}
-    if method == "predict" and args.out and args.out.lower().endswith(".gpkg"):
+    if method == "predict" and args.out and (args.out.lower().endswith(".gpkg") or is_database_target(args.out)):
         params["out_gpkg"] = args.out
+    if method == "shadow":
+        measurements = _shadow_measurements(args)
+        if measurements:
+            params["measurements"] = measurements
     return params
+
+
+def _shadow_measurements(args) -> list[dict]:
+    """shadow's measurements: the one given by the flat options (--height-m ... --time; their dests are the fields of
+    protocol.MEASUREMENT_PARAMS), then one per --measurement K=V,K=V,..."""
+    from gtloc_engine.protocol import MEASUREMENT_PARAMS
+
+    flat = {row.name: getattr(args, row.name) for row in MEASUREMENT_PARAMS
+            if getattr(args, row.name, None) is not None}
+    return ([flat] if flat else []) + [_measurement_text(text) for text in args.measurements or []]
+
+
+def _measurement_text(text: str) -> dict:
+    """'height_m=10,length_m=4.2,time=2024-06-21T14:05' -> a measurement dict, numbers read as the table says."""
+    from gtloc_engine.protocol import MEASUREMENT_PARAMS
+
+    kinds = {row.name: row.kind for row in MEASUREMENT_PARAMS}
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in kinds:
+            raise GtlocError(f"--measurement {text!r}: {part!r} is not KEY=VALUE with KEY one of "
+                             f"{', '.join(kinds)}")
+        if kinds[name] == "number":
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise GtlocError(f"--measurement {text!r}: {name} {value!r} is not a number") from None
+        else:
+            out[name] = value
+    return out
 
 
 def cmd_predict(args) -> int:
@@ -104,6 +141,12 @@ def cmd_predict(args) -> int:
 
     set_cpu_threads(args.threads)
     request = PredictParams.from_params(request_params(args, "predict"), json_output=True)
+    if args.cluster is not None:
+        from gtloc_engine.io.store import is_database_target
+
+        if not is_database_target(request.out_gpkg):
+            raise GtlocError("--cluster needs --out postgresql://HOST/CASE (or service=NAME): a PostGIS case takes "
+                             "every worker's results at once, a GeoPackage one writer at a time")
     if request.out_gpkg is not None:
         return _predict_to_geopackage(request, args)
     from gtloc_engine.inference.predictor import Predictor
@@ -127,16 +170,37 @@ def cmd_predict(args) -> int:
     return EXIT_PARTIAL if any("error" in r for r in results) else EXIT_OK
 
 
+def _constants_printer(quiet: bool):
+    """A constants.reporting callback: one stderr line when a constants set starts building (the first run of a
+    model waits for it) and one about every 10% with the time left; silent with --quiet."""
+    shown: dict[str, int] = {}
+
+    def report(step) -> None:
+        if quiet:
+            return
+        decile = step.done * 10 // max(step.total, 1)
+        if shown.get(step.name) == decile:
+            return
+        shown[step.name] = decile
+        eta = "" if step.eta_s is None else f", ~{step.eta_s:.0f} s left"
+        print(f"gtloc: building model constants '{step.name}' (first time for this model): "
+              f"{step.done:,}/{step.total:,} points{eta}", file=sys.stderr)
+
+    return report
+
+
 def _predict_to_geopackage(request, args) -> int:
-    """Photos -> results GeoPackage with a progress bar; Ctrl-C stops after the current batch and keeps the work."""
+    """Photos -> results GeoPackage or PostGIS case with a progress bar, in this process or on a Dask cluster
+    (--cluster); Ctrl-C stops after the current batch (on a cluster: the running chunks) and keeps the work."""
     import signal
     import threading
 
     from tqdm import tqdm
 
-    from gtloc_engine.io.geopackage import check_results_path
+    from gtloc_engine.inference import constants
+    from gtloc_engine.io.store import check_store_target
 
-    check_results_path(request.out_gpkg)  # before the model loads: a wrong --out should cost no time
+    check_store_target(request.out_gpkg)  # before the model loads: a wrong --out should cost no time
     cancel = threading.Event()
 
     def on_interrupt(signum, frame):
@@ -155,7 +219,16 @@ def _predict_to_geopackage(request, args) -> int:
         bar.refresh()
 
     try:
-        pipeline = request.pipeline(precision=args.precision)
+        if args.cluster is not None:  # the workers load the model; the driver lists photos and adds up progress
+            from gtloc_engine.cluster import predict_on_cluster
+
+            summary = predict_on_cluster(request, args.cluster, progress=progress, cancel=cancel,
+                                         precision=args.precision)
+            print(json.dumps(summary.to_json()))
+            return 130 if summary.cancelled else EXIT_PARTIAL if summary.n_failed else EXIT_OK
+        with constants.reporting(_constants_printer(args.quiet)):
+            pipeline = request.pipeline(precision=args.precision)
+            pipeline.warm_up()
         summary = pipeline.run(list(request.photos), request.out_gpkg, rasters_dir=request.rasters_dir,
                                batch_size=request.batch_size, progress=progress, cancel=cancel,
                                given_time=request.time)
@@ -325,6 +398,20 @@ def cmd_search(args) -> int:
     return EXIT_OK
 
 
+def cmd_shadow(args) -> int:
+    from gtloc_engine.protocol import ShadowParams
+
+    params = request_params(args, "shadow")
+    if "measurements" not in params:
+        raise GtlocError("no shadow measurement: give --height-m and --length-m (or --elev-deg) with --time, or "
+                         "--measurement KEY=VALUE,... (see gtloc shadow --help)")
+    summary = ShadowParams.from_params(params).run()
+    for note in summary["notes"]:
+        print(f"gtloc: note: {note}", file=sys.stderr)
+    _write_json(summary, None)
+    return EXIT_OK
+
+
 TIME_GALLERY_HELP = (".npy (N, 5) local month, day, hour, minute, second rows to score instead of the uniform month x "
                      "hour grid (e.g. the authors' cvt.npy, which you bring)")
 
@@ -383,7 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image backbone weights: bf16 is 2-2.5x faster on CPUs with AVX512-BF16/AMX (cosine > 0.999)")
     pr.add_argument("--threads", type=int, help="torch CPU threads (default: one per physical core)")
     pr.add_argument("--out", help="RESULTS.gpkg: a GeoPackage (photos, candidates, regions, failures; re-runs "
-                    "resume); any other name: the JSON, written there instead of stdout")
+                    "resume); postgresql://HOST/CASE or service=NAME: a PostGIS case, the same tables (password from "
+                    "PGPASSWORD or ~/.pgpass, never here); any other name: the JSON, written there instead of stdout")
+    pr.add_argument("--cluster", help="with --out postgresql://...: run on a Dask cluster, tcp://SCHEDULER:8786, or "
+                    "local:N for N worker processes on this machine (pip install 'gtloc-engine[cluster]'; "
+                    "docs/team-server.md)")
     pr.add_argument("--rasters", dest="rasters_dir", help="with --out X.gpkg: also write each photo's global and "
                     "regional probability GeoTIFFs into this folder")
     pr.add_argument("--res-deg", type=float, help="cell size of the global surface whose modes are the top-k places, "
@@ -452,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("search", help="photos of a results GeoPackage that match a place, a time window, a photo "
                         "or a text, ranked in the joint space (JSON, or layer search_results with --out X.gpkg)")
-    se.add_argument("gpkg", help="results GeoPackage from gtloc predict --out X.gpkg")
+    se.add_argument("gpkg", help="results GeoPackage from gtloc predict --out X.gpkg, or a PostGIS case "
+                    "(postgresql://HOST/CASE, service=NAME)")
     se.add_argument("--model", required=True, help="the checkpoint that made its embeddings")
     se.add_argument("--near", type=_latlon, help="LAT,LON: query by place (write --near=-33.9,151.2 for a "
                     "negative latitude); with --month/--hour: place + time")
@@ -475,6 +567,41 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"number of results (default {default('search', 'top_k')})")
     se.add_argument("--out", help="results.json, or results.gpkg (layer search_results, added to an existing file)")
     se.set_defaults(func=cmd_search)
+
+    sh = sub.add_parser("shadow", help="shadow locus: where on Earth an object's shadow (height and length, or the "
+                        "sun's elevation; optionally its bearing) falls at a time, as a likelihood GeoTIFF with "
+                        "credible regions; with --photo and --model also fused with the photo's place posterior")
+    sh.add_argument("--height-m", dest="height_m", type=float, help="the object's height (any unit, as the length)")
+    sh.add_argument("--length-m", dest="length_m", type=float, help="its shadow's length, in the height's unit")
+    sh.add_argument("--height-sigma-m", dest="height_sigma_m", type=float, help="the height's uncertainty (sigma)")
+    sh.add_argument("--length-sigma-m", dest="length_sigma_m", type=float, help="the length's uncertainty (sigma)")
+    sh.add_argument("--elev-deg", dest="elev_deg", type=float,
+                    help="the sun's elevation above the horizon instead of height and length, in (0, 90]")
+    sh.add_argument("--elev-sigma-deg", dest="elev_sigma_deg", type=float, help="its sigma (default 1)")
+    sh.add_argument("--bearing-deg", dest="bearing_deg", type=float,
+                    help="where the shadow points, clockwise from true north (the sun stands opposite)")
+    sh.add_argument("--bearing-sigma-deg", dest="bearing_sigma_deg", type=float, help="its sigma (default 5)")
+    sh.add_argument("--time", dest="time", help="when the shadow was cast, ISO 8601: with Z or +hh:mm an instant "
+                    "(2024-06-21T12:05Z); without, the local wall clock at each place, in its real time zone")
+    sh.add_argument("--time-sigma-min", dest="time_sigma_min", type=float,
+                    help="the time's uncertainty in minutes (default 0)")
+    sh.add_argument("--measurement", dest="measurements", action="append", metavar="KEY=VALUE,...",
+                    help="one more measurement (another shadow, or the same object at another time), e.g. "
+                    "height_m=2,length_m=3.1,time=2024-06-21T16:40 (keys as the options above, with _); repeatable; "
+                    "all measurements' loci are multiplied (intersected)")
+    sh.add_argument("--photo", help="a photo: fuse the locus with its learned place posterior (needs --model)")
+    sh.add_argument("--model", help="gtloc checkpoint (.safetensors) to run on --photo")
+    sh.add_argument("--posterior", help="instead of --photo: a photo's global likelihood GeoTIFF (predict --rasters "
+                    "writes *_global.tif); the locus takes its grid")
+    sh.add_argument("--res-deg", dest="res_deg", type=float,
+                    help=f"cell size of the locus in degrees (default {default('shadow', 'res_deg')})")
+    sh.add_argument("--top", dest="top_k", type=int, metavar="K",
+                    help=f"candidate places per surface (default {default('shadow', 'top_k')})")
+    sh.add_argument("--cache-dir", dest="cache_dir",
+                    help="model-constant cache (default $GTLOC_CACHE or ~/.cache/gtloc)")
+    sh.add_argument("--out", dest="out_dir", required=True,
+                    help="folder for shadow_locus.tif, shadow_fused.tif (with a photo) and shadow.gpkg")
+    sh.set_defaults(func=cmd_shadow)
 
     sv = sub.add_parser("serve",
                         help="engine worker for the QGIS plugin: JSON lines on stdin/stdout (docs/protocol.md)")

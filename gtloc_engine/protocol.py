@@ -1,13 +1,16 @@
-"""The parameters of the engine's methods (info, predict, search), as data, and their one parser.
+"""The parameters of the engine's methods (info, predict, search, shadow), as data, and their one parser.
 
 `gtloc serve --stdio` (service.py) reads them from JSON requests, `gtloc predict/search/info` (cli.py) builds the
 same dict from its options, and the QGIS plugin's client (qgis_plugin/engine_client.py) sends the same names;
 docs/protocol.md documents each one and tests/test_protocol_params.py holds the four to this table.
 
     PARAMS                       method -> its Param rows (name, kind, required, default): the one table
+    PREDICT_STAGES               the `stage` values of predict's progress lines, in the order they come
     ParamError                   a parameter of the wrong type or an unknown one (the worker's bad_request)
     read_params(method, params)  type-checked values of every parameter of a method, defaults filled in
-    InfoParams, PredictParams, SearchParams   .from_params(dict): one method's request, validated
+    InfoParams, PredictParams, SearchParams, ShadowParams   .from_params(dict): one method's request, validated
+    MEASUREMENT_PARAMS           the fields of one shadow measurement (shadow's `measurements` items), as rows
+    read_measurement(item)       type-checked fields of one measurement, defaults filled in
 
 This module imports nothing heavy at load time (the worker's hello must come at once), and no engine part imports
 it back: inference's classes are imported when a request is parsed, and keep their own validation (e.g. the values
@@ -22,11 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from gtloc_engine.errors import GtlocError
+from gtloc_engine.io.store import store_target
+
+# predict's progress lines say which stage the request is in (docs/protocol.md, "Progress"). A first request for a
+# model loads it and may build its constants (minutes for paper-size encoders on a CPU), then counts photos.
+STAGE_LOADING_MODEL, STAGE_CONSTANTS, STAGE_PHOTOS = "loading model", "building model constants", "photos"
+PREDICT_STAGES = (STAGE_LOADING_MODEL, STAGE_CONSTANTS, STAGE_PHOTOS)
 
 @dataclass(frozen=True)
 class Param:
     """One parameter. kind: path (non-empty string), paths (non-empty list of them), string, count (integer >= 1),
-    number, latlon ([lat_deg, lon_deg]), bool. null or absent means `default`."""
+    number, latlon ([lat_deg, lon_deg]), bool, objects (non-empty list of JSON objects). null or absent means
+    `default`."""
 
     name: str
     kind: str
@@ -69,7 +79,32 @@ PARAMS: dict[str, tuple[Param, ...]] = {
         Param("top_k", "count", default=10),
         Param("out", "path"),
     ),
+    "shadow": (
+        Param("measurements", "objects", required=True),
+        Param("out_dir", "path", required=True),
+        Param("photo", "path"),
+        Param("model", "path"),
+        Param("posterior", "path"),
+        Param("res_deg", "number", default=0.25),
+        Param("top_k", "count", default=5),
+        Param("cache_dir", "path"),
+    ),
 }
+# One shadow measurement (an item of shadow's `measurements`; inference/shadow.py ShadowMeasurement checks the values):
+# an object's height and its shadow's length in one unit, or the sun's elevation; the shadow's bearing (clockwise
+# from true north); the time, ISO 8601 (with Z or an offset: an instant; without: the local clock at each place).
+MEASUREMENT_PARAMS: tuple[Param, ...] = (
+    Param("time", "string", required=True),
+    Param("time_sigma_min", "number", default=0.0),
+    Param("height_m", "number"),
+    Param("length_m", "number"),
+    Param("height_sigma_m", "number", default=0.0),
+    Param("length_sigma_m", "number", default=0.0),
+    Param("elev_deg", "number"),
+    Param("elev_sigma_deg", "number"),
+    Param("bearing_deg", "number"),
+    Param("bearing_sigma_deg", "number"),
+)
 
 
 class ParamError(GtlocError):
@@ -91,7 +126,18 @@ def read_params(method: str, params: dict, *, optional: tuple[str, ...] = ()) ->
 
     `optional` names required parameters a caller may leave out (the CLI's predict writes JSON without out_gpkg).
     Raises ParamError (one line, naming the parameter) on an unknown name, a wrong type or a missing one."""
-    rows = PARAMS[method]
+    return _read_rows(method, PARAMS[method], params, optional)
+
+
+def read_measurement(item: dict, what: str = "shadow measurement") -> dict[str, Any]:
+    """The fields of one shadow measurement by name (MEASUREMENT_PARAMS), type-checked, defaults filled in;
+    ParamError (one line, naming `what` and the field) otherwise."""
+    if not isinstance(item, dict):
+        raise ParamError(f"{what} must be a JSON object of {', '.join(row.name for row in MEASUREMENT_PARAMS)}")
+    return _read_rows(what, MEASUREMENT_PARAMS, item, ())
+
+
+def _read_rows(method: str, rows: tuple[Param, ...], params: dict, optional: tuple[str, ...]) -> dict[str, Any]:
     unknown = sorted(set(params) - {row.name for row in rows})
     if unknown:
         raise ParamError(f"{method} has no parameter {', '.join(map(repr, unknown))}; it takes "
@@ -126,7 +172,7 @@ class PredictParams:
 
     model: Path
     photos: tuple[str, ...]
-    out_gpkg: Path | None  # required by the worker; the CLI writes JSON without it
+    out_gpkg: Path | str | None  # required by the worker; the CLI writes JSON without it. A PostGIS target is text
     rasters_dir: Path | None = None
     top_k: int = 5
     batch_size: int = 16
@@ -145,7 +191,7 @@ class PredictParams:
         if v["rasters_dir"] is not None and v["out_gpkg"] is None:
             raise GtlocError("rasters (--rasters, rasters_dir) need a results GeoPackage (--out RESULTS.gpkg, "
                              "out_gpkg): it records where each raster went")
-        return cls(model=Path(v["model"]), photos=tuple(v["photos"]), out_gpkg=_path(v["out_gpkg"]),
+        return cls(model=Path(v["model"]), photos=tuple(v["photos"]), out_gpkg=store_target(v["out_gpkg"]),
                    rasters_dir=_path(v["rasters_dir"]), top_k=v["top_k"], batch_size=v["batch_size"],
                    cache_dir=_path(v["cache_dir"]), time=v["time"], res_deg=v["res_deg"],
                    time_gallery=_path(v["time_gallery"]), tencrop=v["tencrop"])
@@ -170,7 +216,7 @@ class SearchParams:
     """search: a results GeoPackage, the checkpoint that made its embeddings, the query and its settings, and
     where to write the results (None: only returned)."""
 
-    gpkg: Path
+    gpkg: Path | str  # a results GeoPackage, or a PostGIS case's target (text)
     model: Path
     query: Any  # inference.search.SearchQuery
     config: Any  # inference.search.SearchConfig
@@ -183,15 +229,68 @@ class SearchParams:
         v = read_params("search", params)
         if v["out"] is not None and not v["out"].lower().endswith((".json", ".gpkg")):
             raise ParamError(f"out {v['out']} must end in .json or .gpkg")
-        return cls(gpkg=Path(v["gpkg"]), model=Path(v["model"]), query=SearchQuery.from_params(v),
+        return cls(gpkg=store_target(v["gpkg"]), model=Path(v["model"]), query=SearchQuery.from_params(v),
                    config=SearchConfig.from_params(v), out=_path(v["out"]))
+
+
+@dataclass(frozen=True)
+class ShadowParams:
+    """shadow: measurements -> the shadow locus (and, with a photo's place posterior, the fused surface) as GeoTIFFs
+    and a GeoPackage in out_dir (inference/shadow.py). The posterior is a photo with the checkpoint to run on it, or
+    a global likelihood GeoTIFF from predict's rasters; the locus then takes its grid."""
+
+    measurements: tuple  # inference.shadow.ShadowMeasurement, validated
+    out_dir: Path
+    photo: Path | None = None
+    model: Path | None = None
+    posterior: Path | None = None
+    res_deg: float = 0.25
+    top_k: int = 5
+    cache_dir: Path | None = None
+    res_deg_given: bool = False  # a res_deg of the caller's own must match a posterior raster's grid
+
+    @classmethod
+    def from_params(cls, params: dict) -> ShadowParams:
+        from gtloc_engine.inference.shadow import ShadowMeasurement
+
+        v = read_params("shadow", params)
+        items = v["measurements"]
+        measurements = []
+        for i, item in enumerate(items, 1):
+            what = "shadow measurement" if len(items) == 1 else f"shadow measurement {i}"
+            try:
+                measurements.append(ShadowMeasurement.validated(**read_measurement(item, what)))
+            except ParamError:
+                raise
+            except GtlocError as exc:
+                raise GtlocError(str(exc).replace("shadow measurement", what, 1)) from None
+        if (v["photo"] is None) != (v["model"] is None):
+            raise GtlocError("a photo's place posterior needs both photo and model (the checkpoint to run on it)")
+        if v["posterior"] is not None and v["photo"] is not None:
+            raise GtlocError("give the photo's posterior once: photo and model, or posterior (a global likelihood "
+                             "GeoTIFF from predict's rasters), not both")
+        if not (0.0 < v["res_deg"] <= 10.0):
+            raise GtlocError(f"res_deg {v['res_deg']} must be a cell size in degrees in (0, 10], e.g. 0.25")
+        return cls(measurements=tuple(measurements), out_dir=Path(v["out_dir"]), photo=_path(v["photo"]),
+                   model=_path(v["model"]), posterior=_path(v["posterior"]), res_deg=v["res_deg"],
+                   top_k=v["top_k"], cache_dir=_path(v["cache_dir"]), res_deg_given=params.get("res_deg") is not None)
+
+    def run(self, *, progress=None, cancel=None, predictor=None) -> dict:
+        """Compute and write the outputs (inference.shadow.shadow_to_files); returns the JSON summary."""
+        from gtloc_engine.inference.shadow import ShadowConfig, shadow_to_files
+
+        return shadow_to_files(self.measurements, self.out_dir, config=ShadowConfig(res_deg=self.res_deg,
+                                                                                    top_k=self.top_k),
+                               photo=self.photo, model=self.model, posterior_tif=self.posterior,
+                               res_deg_given=self.res_deg_given, cache_dir=self.cache_dir, progress=progress,
+                               cancel=cancel, predictor=predictor)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 _EXPECTED = {"path": "a file path (a non-empty string)", "paths": "a non-empty list of file or folder paths",
              "string": "a string", "count": "a positive integer", "number": "a number",
-             "latlon": "[lat_deg, lon_deg]", "bool": "true or false"}
+             "latlon": "[lat_deg, lon_deg]", "bool": "true or false", "objects": "a non-empty list of JSON objects"}
 
 
 def _expected(row: Param) -> str:
@@ -211,6 +310,7 @@ def _typed(method: str, row: Param, value):
         "number": _is_number,
         "latlon": lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)),
         "bool": lambda v: isinstance(v, bool),
+        "objects": lambda v: isinstance(v, (list, tuple)) and v and all(isinstance(item, dict) for item in v),
     }[row.kind](value)
     if not ok:
         raise ParamError(f"'{row.name}' of {method} must be{_expected(row)[1:]}, got {value!r}")
@@ -218,7 +318,7 @@ def _typed(method: str, row: Param, value):
         return float(value)
     if row.kind == "latlon":
         return float(value[0]), float(value[1])
-    if row.kind == "paths":
+    if row.kind in ("paths", "objects"):
         return list(value)
     return value
 

@@ -30,12 +30,23 @@ from typing import Any, TextIO
 
 from gtloc_engine import __version__
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.protocol import PARAMS, InfoParams, ParamError, PredictParams, SearchParams
+from gtloc_engine.protocol import (
+    PARAMS,
+    STAGE_CONSTANTS,
+    STAGE_LOADING_MODEL,
+    STAGE_PHOTOS,
+    InfoParams,
+    ParamError,
+    PredictParams,
+    SearchParams,
+    ShadowParams,
+)
 
 log = logging.getLogger("gtloc.service")
 
 PROTOCOL_VERSION = 1
-METHODS = ("info", "predict", "search", "cancel", "shutdown")
+METHODS = ("info", "predict", "search", "shadow", "cancel", "shutdown")
+STAGE_SHADOW = "shadow locus"  # shadow's progress lines: time bins of the measurements done / in all
 _PIPELINES_KEPT = 2  # a model per pipeline stays in memory: keep the last two models used
 
 
@@ -59,6 +70,7 @@ class Worker:
         self._stopping = threading.Event()
         self._pipelines: OrderedDict[tuple, Any] = OrderedDict()
         self._searchers: OrderedDict[tuple, Any] = OrderedDict()
+        self._predictors: OrderedDict[tuple, Any] = OrderedDict()  # shadow's photo posteriors
 
     # -- output -------------------------------------------------------------------------------------------------
     def send(self, message: dict) -> None:
@@ -184,15 +196,31 @@ class Worker:
         return info
 
     def _do_predict(self, request_id, params: dict, cancel: threading.Event) -> dict:
+        from gtloc_engine.inference import constants
+
         request = PredictParams.from_params(params)
-        pipeline = self._pipeline(request)
 
-        def progress(done: int, total: int) -> None:
-            self.send({"id": request_id, "type": "progress", "done": int(done), "total": int(total)})
+        def send_progress(stage: str, done: int, total: int, eta_s: float | None = None) -> None:
+            line = {"id": request_id, "type": "progress", "stage": stage, "done": int(done), "total": int(total)}
+            if eta_s is not None:
+                line["eta_s"] = round(float(eta_s), 1)
+            self.send(line)
 
+        def constants_progress(step: constants.ConstantsProgress) -> None:
+            send_progress(STAGE_CONSTANTS, step.done, step.total, step.eta_s)
+            if cancel.is_set():  # a first build can take minutes: stop between chunks, nothing half-written stays
+                raise RequestError("cancelled", f"request {request_id!r} was cancelled while building the model's "
+                                                "constants; they are built again on the next request")
+
+        send_progress(STAGE_LOADING_MODEL, 0, 0)
+        with constants.reporting(constants_progress):
+            pipeline = self._pipeline(request)
+            pipeline.warm_up()
+        if cancel.is_set():  # cancelled while the model loaded: no photo is started
+            raise RequestError("cancelled", f"request {request_id!r} was cancelled while the model loaded")
         summary = pipeline.run(list(request.photos), request.out_gpkg, rasters_dir=request.rasters_dir,
-                               batch_size=request.batch_size, progress=progress, cancel=cancel,
-                               given_time=request.time)
+                               batch_size=request.batch_size, cancel=cancel, given_time=request.time,
+                               progress=lambda done, total: send_progress(STAGE_PHOTOS, done, total))
         return summary.to_json()
 
     def _do_search(self, request_id, params: dict, cancel: threading.Event) -> dict:
@@ -204,14 +232,48 @@ class Worker:
             write_search_output(request.out, output)
         return {**output, "out": None if request.out is None else str(request.out)}
 
+    def _do_shadow(self, request_id, params: dict, cancel: threading.Event) -> dict:
+        from gtloc_engine.inference.shadow import ShadowCancelled
+
+        request = ShadowParams.from_params(params)
+
+        def progress(done: int, total: int) -> None:
+            self.send({"id": request_id, "type": "progress", "stage": STAGE_SHADOW, "done": int(done),
+                       "total": int(total)})
+
+        try:
+            return request.run(progress=progress, cancel=cancel,
+                               predictor=None if request.photo is None else self._predictor(request))
+        except ShadowCancelled:
+            raise RequestError("cancelled", f"request {request_id!r} was cancelled; nothing was written") from None
+
+    def _predictor(self, request):
+        """One Predictor per (checkpoint version, grid, cache) for shadow's photo posteriors; a model a pipeline
+        already loaded (one centre crop) is reused."""
+        from gtloc_engine.inference.predictor import Predictor
+
+        model_version = _file_version(request.model, "model", "choose a gtloc .safetensors checkpoint")
+        key = (model_version, request.res_deg, request.cache_dir)
+        if key not in self._predictors:
+            model = next((p.model for k, p in reversed(self._pipelines.items())
+                          if k[0] == model_version and not k[-1]), None)
+            if model is None:
+                from gtloc_engine.model.checkpoint import load_checkpoint
+
+                model = load_checkpoint(request.model)
+            self._predictors[key] = Predictor(model, global_res_deg=request.res_deg, cache_dir=request.cache_dir)
+            while len(self._predictors) > _PIPELINES_KEPT:
+                self._predictors.popitem(last=False)
+        self._predictors.move_to_end(key)
+        return self._predictors[key]
+
     def _searcher(self, request):
         """One CollectionSearch per (GeoPackage version, checkpoint version, settings); a model already loaded by
         another search or by a pipeline that embeds photos as a search does (one centre crop) is reused."""
         from gtloc_engine.inference.search import CollectionSearch
 
         model_version = _file_version(request.model, "model", "choose a gtloc .safetensors checkpoint")
-        key = (_file_version(request.gpkg, "results GeoPackage", "choose a GeoPackage written by gtloc predict"),
-               model_version, request.config)
+        key = (_collection_version(request.gpkg), model_version, request.config)
         if key not in self._searchers:
             loaded = next((s.model for k, s in reversed(self._searchers.items()) if k[1] == model_version), None)
             if loaded is None:
@@ -241,6 +303,17 @@ class Worker:
 def _method_params() -> dict[str, list[str]]:
     """Each method's parameter names (hello and info list them, so a client can tell what this engine takes)."""
     return {method: [row.name for row in rows] for method, rows in PARAMS.items()}
+
+
+def _collection_version(target) -> tuple:
+    """A results GeoPackage's file version, or what changes when a PostGIS case's photos or embeddings change."""
+    from gtloc_engine.io.store import is_database_target
+
+    if is_database_target(target):
+        from gtloc_engine.io.postgis import collection_version
+
+        return collection_version(target)
+    return _file_version(target, "results GeoPackage", "choose a GeoPackage written by gtloc predict")
 
 
 def _file_version(path: Path, what: str, hint: str) -> tuple:

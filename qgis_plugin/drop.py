@@ -1,6 +1,6 @@
 """Photos dropped on QGIS go to gtloc instead of opening as rasters; georeferenced images still open as maps.
 
-    PHOTO_SUFFIXES          what counts as a photo (JPEG, PNG, TIFF, HEIC/HEIF)
+    PHOTO_SUFFIXES          what counts as a photo (JPEG, PNG, TIFF, WebP, BMP, HEIC/HEIF: what the engine reads)
     is_photo(path)          a photo file, not a georeferenced raster (GeoTIFF, JPEG with a world file)
     PhotoDropHandler        QgsCustomDropHandler: collects the photos of one drop into one batch
 """
@@ -14,10 +14,11 @@ from qgis.core import QgsRasterLayer
 from qgis.gui import QgsCustomDropHandler
 from qgis.PyQt.QtCore import QTimer
 
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif"})
+# What the engine decodes (its `info` reports photo_suffixes; tests/qgis holds the two equal).
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic", ".heif"})
 _WORLD_FILE_SUFFIXES = {".jpg": (".jgw", ".jpgw", ".wld"), ".jpeg": (".jgw", ".jpegw", ".wld"),
                         ".png": (".pgw", ".pngw", ".wld"), ".tif": (".tfw", ".tifw", ".wld"),
-                        ".tiff": (".tfw", ".tiffw", ".wld")}
+                        ".tiff": (".tfw", ".tiffw", ".wld"), ".bmp": (".bpw", ".bmpw", ".wld")}
 
 
 def is_photo(path: str | Path) -> bool:

@@ -11,7 +11,7 @@ request goes quiet for too long. One shared client per QGIS session keeps one mo
     find_engine(configured) the configured engine, else $GTLOC_ENGINE, else `gtloc` on PATH
     clean_environment()     the environment the worker gets: the host's basics without QGIS's Python and Qt paths
     EngineClient            start/request/stop; request() blocks, reports progress and honours cancel;
-                            info(), predict() and search() are the protocol's methods, typed (the plugin
+                            info(), predict(), search() and shadow() are the protocol's methods, typed (the plugin
                             calls only these)
     shared_client()         the session's client, built from the plugin settings; shutdown_shared() stops it
 """
@@ -33,6 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 PROTOCOL_VERSION = 1
+# predict's progress stages (gtloc_engine/protocol.py PREDICT_STAGES), and the client's own first one.
+STAGE_STARTING = "starting engine"
+STAGE_LOADING_MODEL, STAGE_CONSTANTS, STAGE_PHOTOS = "loading model", "building model constants", "photos"
+PREDICT_STAGES = (STAGE_LOADING_MODEL, STAGE_CONSTANTS, STAGE_PHOTOS)
 START_TIMEOUT_S = 120.0  # first start imports the engine's packages; cold disks are slow
 IDLE_TIMEOUT_S = 900.0  # a large model's first batch on a CPU sends nothing for minutes
 CANCEL_GRACE_S = 60.0  # after a cancel the worker finishes its batch; kill it if it does not answer by then
@@ -110,8 +114,10 @@ class EngineClient:
     def pid(self) -> int | None:
         return self._proc.pid if self.running else None
 
-    def start(self) -> dict:
-        """Start the worker unless one is running; returns its hello. Raises EngineError on any failure."""
+    def start(self, is_cancelled: Callable[[], bool] | None = None) -> dict:
+        """Start the worker unless one is running; returns its hello. Raises EngineError on any failure, and
+        EngineError('cancelled') when is_cancelled() turns true before the hello (the half-started worker is
+        killed)."""
         with self._lock:
             if self.running and self._hello is not None:
                 return self._hello
@@ -132,12 +138,20 @@ class EngineClient:
                                              name="gtloc-engine-stderr")
             stderr_reader.start()
             self._stderr_reader = stderr_reader
-            try:
-                hello = hello_box.get(timeout=self.start_timeout_s)
-            except queue.Empty:
-                self._discard()
-                raise EngineError("timeout", f"the gtloc engine sent no hello within {self.start_timeout_s:.0f} s "
-                                             f"({' '.join(argv)}){self._stderr_hint()}") from None
+            deadline = time.monotonic() + self.start_timeout_s
+            while True:
+                if is_cancelled is not None and is_cancelled():
+                    self._discard()
+                    raise EngineError("cancelled", "cancelled while the gtloc engine was starting")
+                try:
+                    hello = hello_box.get(timeout=_POLL_S)
+                    break
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        self._discard()
+                        raise EngineError("timeout", f"the gtloc engine sent no hello within "
+                                                     f"{self.start_timeout_s:.0f} s ({' '.join(argv)})"
+                                                     f"{self._stderr_hint()}") from None
             if hello is _DIED:
                 code = proc.wait()
                 stderr_reader.join(timeout=2.0)  # the worker's last words explain the exit
@@ -173,11 +187,15 @@ class EngineClient:
     # -- requests -----------------------------------------------------------------------------------------------
     def request(self, method: str, params: dict | None = None, *,
                 on_progress: Callable[[int, int], None] | None = None,
+                on_stage: Callable[[str, int, int, float | None], None] | None = None,
                 is_cancelled: Callable[[], bool] | None = None, idle_timeout_s: float | None = None) -> dict:
         """Send one request and wait for its result (returned) or error (raised as EngineError).
 
-        on_progress(done, total) is called from this thread; is_cancelled() is polled and, once true, a cancel is
-        sent. A worker that dies is reported as EngineError('died') and replaced on the next request.
+        on_progress(done, total) is called from this thread for the photos stage (and for progress lines without a
+        stage, from older engines); on_stage(stage, done, total, eta_s) for every progress line (PREDICT_STAGES; the
+        typed methods first report STAGE_STARTING when they have to start a worker). is_cancelled() is polled and,
+        once true, a cancel is sent. A worker that dies is reported as EngineError('died') and replaced on the next
+        request.
         """
         idle_timeout_s = self.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
         with self._lock:
@@ -215,8 +233,13 @@ class EngineClient:
                 if kind == "progress":
                     if not cancel_sent:  # after a cancel only the grace period counts
                         deadline = time.monotonic() + idle_timeout_s
-                    if on_progress is not None:
-                        on_progress(int(message.get("done", 0)), int(message.get("total", 0)))
+                    stage = message.get("stage") or STAGE_PHOTOS
+                    done, total = int(message.get("done", 0)), int(message.get("total", 0))
+                    if on_stage is not None:
+                        eta_s = message.get("eta_s")
+                        on_stage(str(stage), done, total, float(eta_s) if isinstance(eta_s, (int, float)) else None)
+                    if on_progress is not None and stage == STAGE_PHOTOS:
+                        on_progress(done, total)
                 elif kind == "result":
                     return message.get("result") or {}
                 elif kind == "error":
@@ -236,6 +259,7 @@ class EngineClient:
                 top_k: int = 5, batch_size: int | None = None, cache_dir: str | None = None, time: str | None = None,
                 res_deg: float | None = None, time_gallery: str | None = None, tencrop: bool | None = None,
                 on_progress: Callable[[int, int], None] | None = None,
+                on_stage: Callable[[str, int, int, float | None], None] | None = None,
                 is_cancelled: Callable[[], bool] | None = None) -> dict:
         """The protocol's `predict`: photo files and/or folders -> a results GeoPackage; returns the engine's
         summary. `time`: a known local capture time (ISO 8601 or EXIF form): every photo's place is predicted given
@@ -244,7 +268,7 @@ class EngineClient:
                          rasters_dir=_text(rasters_dir), top_k=int(top_k), batch_size=_int(batch_size),
                          cache_dir=_text(cache_dir), time=_text(time), res_deg=_float(res_deg),
                          time_gallery=_text(time_gallery), tencrop=tencrop)
-        summary = self._call("predict", params, on_progress=on_progress, is_cancelled=is_cancelled)
+        summary = self._call("predict", params, on_progress=on_progress, on_stage=on_stage, is_cancelled=is_cancelled)
         if "time" in params and not _has_column(summary.get("out_gpkg", out_gpkg), "photos", "given_time_local"):
             # An engine from before `time` ignores the parameter: its places are from the image alone.
             hello = self._hello or {}
@@ -270,11 +294,31 @@ class EngineClient:
                          point_source=_text(point_source), top_k=int(top_k), out=_text(out))
         return self._call("search", params, is_cancelled=is_cancelled)
 
+    def shadow(self, measurements: list[dict], out_dir: str, *, photo: str | None = None, model: str | None = None,
+               posterior: str | None = None, res_deg: float | None = None, top_k: int | None = None,
+               cache_dir: str | None = None, on_progress: Callable[[int, int], None] | None = None,
+               is_cancelled: Callable[[], bool] | None = None) -> dict:
+        """The protocol's `shadow`: measurements (dicts of the engine's measurement fields: time, height_m and
+        length_m or elev_deg, bearing_deg, their sigmas) -> the shadow locus in out_dir (shadow_locus.tif, and
+        shadow.gpkg with layers shadow_regions, shadow_candidates), fused with a photo's place posterior (photo +
+        model, or posterior: its global likelihood GeoTIFF) into shadow_fused.tif; returns the engine's summary.
+        on_progress(done, total) counts the locus's time bins."""
+        items = [{name: value for name, value in dict(m).items() if value is not None} for m in measurements]
+        params = _params(measurements=items, out_dir=str(out_dir), photo=_text(photo), model=_text(model),
+                         posterior=_text(posterior), res_deg=_float(res_deg), top_k=_int(top_k),
+                         cache_dir=_text(cache_dir))
+        return self._call("shadow", params, is_cancelled=is_cancelled,
+                          on_stage=None if on_progress is None else
+                          lambda stage, done, total, eta_s: on_progress(done, total))
+
     def _call(self, method: str, params: dict, **request_options) -> dict:
         """request() after checking that this engine answers `method` and takes every parameter sent (an engine
         that ignored one would answer another question); engines from before the hello listed parameters are
         trusted with their methods."""
-        hello = self.start()
+        on_stage = request_options.get("on_stage")
+        if on_stage is not None and not (self.running and self._hello is not None):
+            on_stage(STAGE_STARTING, 0, 0, None)
+        hello = self.start(request_options.get("is_cancelled"))
         if method not in hello.get("methods", []):
             raise EngineError("unknown_method", f"this gtloc engine ({hello.get('engine_version')}) cannot {method}: "
                                                 "update the engine")

@@ -1,6 +1,6 @@
 """The plugin's settings as data: one dataclass, read from and written to QgsSettings under `gtloc/`.
 
-    PluginSettings              engine, model, top-k, output folder, known capture time
+    PluginSettings              engine, model, top-k, output folder, known capture time, surface resolution
     parse_capture_time(text)    a known local capture time -> 'YYYY-MM-DDTHH:MM:SS' (None when empty); ValueError
     describe_time(iso)          '2024-07-14 18:30' for group names and messages
 """
@@ -16,6 +16,7 @@ _PREFIX = "gtloc/"
 # The local wall clock where the photos were taken, no UTC offset: ISO 8601 (seconds optional) or EXIF's form.
 _ISO_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?$")
 _EXIF_TIME = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})$")
+RES_DEG_CHOICES = (2.0, 1.0, 0.5, 0.25, 0.1, 0.05)  # divide 0.5 or are multiples of it: what the engine takes
 TIME_FORMATS = "2024-07-14T18:30 (ISO 8601, seconds optional) or 2024:07:14 18:30:00 (EXIF)"
 
 
@@ -28,6 +29,14 @@ class PluginSettings:
     # A known local capture time (ISO, as parse_capture_time returns it) for Locate and drops: every photo's place
     # is then predicted given that time (where given when). Empty: the place from the image alone.
     known_time: str = ""
+    # Cell size of each photo's global likelihood surface (degrees): the raster's resolution and the grid the
+    # candidate places and credible regions come from. Verdicts do not depend on it (the engine scores the claimed
+    # point itself); finer costs time per photo. Recorded per photo in the results (surface_res_deg).
+    res_deg: float = 0.25
+
+    def __post_init__(self):
+        if self.res_deg not in RES_DEG_CHOICES:
+            self.res_deg = PluginSettings.res_deg  # a hand-edited value: back to the default
 
     def output_folder(self) -> Path:
         return Path(self.out_dir).expanduser() if self.out_dir else Path.home() / "gtloc"

@@ -138,3 +138,24 @@ def test_usage_errors_are_one_line_exit_2(args, needle):
     proc = gtloc(*args)
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_predict_says_when_a_first_run_builds_the_models_constants_and_not_when_they_are_cached(model_path,
+                                                                                             photo_batch, tmp_path):
+    def predict(out, cache, *extra):
+        return subprocess.run([sys.executable, "-m", "gtloc_engine.cli", "predict", str(photo_batch["good"][0]),
+                               "--model", str(model_path), "--out", str(tmp_path / out), *extra],
+                              capture_output=True, text=True, timeout=300,
+                              env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                                   "GTLOC_CACHE": str(tmp_path / cache)})
+
+    first = predict("a.gpkg", "c")
+    assert first.returncode == 0, first.stderr
+    lines = [line for line in first.stderr.splitlines() if "building model constants" in line]
+    assert lines and "(first time for this model)" in lines[0] and "points" in lines[0]
+    assert any("s left" in line for line in lines)
+    again = predict("b.gpkg", "c")
+    assert again.returncode == 0, again.stderr
+    assert "building model constants" not in again.stderr
+    quiet = predict("q.gpkg", "q", "--quiet")
+    assert quiet.returncode == 0 and "building model constants" not in quiet.stderr

@@ -10,9 +10,11 @@ import torch
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.geo import fibonacci_sphere_latlon
 from gtloc_engine.inference.constants import (
+    ENCODE_CHUNK,
     cached_location_embeddings,
     cached_time_embeddings,
     model_key,
+    reporting,
 )
 from gtloc_engine.inference.predictor import time_grid_torus
 from gtloc_engine.model import GTLoc, preset
@@ -141,3 +143,33 @@ def test_unsafe_names_are_refused(tiny_model, tmp_path, name):
 def test_bad_point_arrays_are_refused(tiny_model, tmp_path, points):
     with pytest.raises(GtlocError, match=r"\(N, 2\)"):
         cached_location_embeddings(tiny_model, points, name="bad", cache_dir=tmp_path)
+
+
+def test_a_build_reports_its_progress_chunk_by_chunk_and_a_cached_read_reports_nothing(tiny_model, tmp_path):
+    points = fibonacci_sphere_latlon(2 * ENCODE_CHUNK + 100)
+    steps = []
+    with reporting(steps.append):
+        cached_location_embeddings(tiny_model, points, name="grid", cache_dir=tmp_path)
+    assert [(s.name, s.done, s.total) for s in steps] == [
+        ("grid", 0, len(points)), ("grid", ENCODE_CHUNK, len(points)), ("grid", 2 * ENCODE_CHUNK, len(points)),
+        ("grid", len(points), len(points))]
+    assert steps[0].eta_s is None and all(s.eta_s >= 0 for s in steps[1:]) and steps[-1].eta_s == 0
+    steps.clear()
+    with reporting(steps.append):
+        cached_location_embeddings(tiny_model, points, name="grid", cache_dir=tmp_path)
+    assert steps == []
+    cached_location_embeddings(tiny_model, points[:50], name="other", cache_dir=tmp_path)  # outside: no reports
+    assert steps == []
+
+
+def test_a_report_that_raises_stops_the_build_and_leaves_no_file(tiny_model, tmp_path):
+    points = fibonacci_sphere_latlon(2 * ENCODE_CHUNK)
+
+    def stop_after_first_chunk(step):
+        if step.done >= ENCODE_CHUNK:
+            raise KeyboardInterrupt("cancelled")
+
+    with reporting(stop_after_first_chunk), pytest.raises(KeyboardInterrupt):
+        cached_location_embeddings(tiny_model, points, name="grid", cache_dir=tmp_path)
+    assert list(tmp_path.rglob("*")) == [p for p in tmp_path.rglob("*") if p.is_dir()]  # no file, not even a .tmp
+    assert cache_files(tmp_path) == []

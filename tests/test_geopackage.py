@@ -1,7 +1,8 @@
 """The results GeoPackage as a database: every field kind round-trips, files read back with geopandas and sqlite3,
 rows are replaced in place inside transactions (no rewrite, no temp file), a committed batch survives a kill -9,
 a reader's lock postpones a commit instead of failing it, files that are not ours are refused and left untouched,
-format 1 files are upgraded in place, and GDAL's validate_gpkg.py reports nothing on any file the store writes."""
+format 1 and format 2 files (a real one, tests/fixtures/results_v2.gpkg) are upgraded in place, and GDAL's
+validate_gpkg.py reports nothing on any file the store writes."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from gtloc_engine.io.geopackage import CANDIDATE_FIELDS, PHOTO_FIELDS, REGION_FI
 SAMPLE = {"str": "café ☕", "float": 0.125, "int": -180, "bool": True, "datetime": "2001-06-16T12:15:00.000Z"}
 ALLOWED_SAMPLE = {"point_source": "claim", "time_given": "claimed place", "place_given": "image",
                   "place_verdict": "doubtful", "time_verdict": "consistent", "verdict": "doubtful",
-                  "map_time_source": "claim"}
+                  "map_time_source": "claim", "place_source": schema.PLACE_SOURCES[0],
+                  "time_source": schema.TIME_SOURCES[0], "utc_offset_source": schema.UTC_OFFSET_SOURCES[0],
+                  "light_regime": schema.DAY, "sun_check": schema.SUN_AGREES}
 
 
 def _photo(path: str, **values) -> dict:
@@ -373,7 +376,7 @@ def test_the_file_is_geopackage_1_2_for_qgis_3_22(filled):
         info = dict(db.execute("SELECT key, value FROM gtloc_info").fetchall())
         key_column = [c for c in db.execute("PRAGMA table_info(gtloc_info)").fetchall() if c[5]]
     db.close()
-    assert info["format"] == "gtloc-results" and info["format_version"] == str(schema.FORMAT_VERSION) == "2"
+    assert info["format"] == "gtloc-results" and info["format_version"] == str(schema.FORMAT_VERSION) == "3"
     assert [(c[1], c[2]) for c in key_column] == [("fid", "INTEGER")]  # GeoPackage Req 119
 
 
@@ -485,7 +488,73 @@ def test_a_format_1_file_is_upgraded_in_place_and_resumes(tmp_path):
     assert plain["map_time"] is None and plain["map_time_local"] == "2001-03-02T06:15:00"  # no offset: no UTC
     assert validate_gpkg(out) == []
     with sqlite3.connect(out) as db:
-        assert db.execute("SELECT value FROM gtloc_info WHERE key = 'format_version'").fetchone()[0] == "2"
+        assert db.execute("SELECT value FROM gtloc_info WHERE key = 'format_version'").fetchone()[0] == "3"
     db.close()
     assert _count(out, "photos") == 3 and _count(out, "rtree_regions_geom") == 1
     assert pyogrio.read_info(out, layer="photos")["features"] == 3  # GDAL's own feature count kept up to date
+
+
+# Format 2 as gtloc wrote it before the verdict 'inconclusive': tests/fixtures/results_v2.gpkg, made by the format-2
+# writer itself (tests/fixtures/README.md says how).
+RESULTS_V2 = Path(__file__).parent / "fixtures" / "results_v2.gpkg"
+
+
+def _columns(gpkg: Path) -> dict[str, list[str]]:
+    with sqlite3.connect(gpkg) as db:
+        columns = {t.name: [row[1] for row in db.execute(f"PRAGMA table_info({t.name})")] for t in schema.TABLES}
+    db.close()
+    return columns
+
+
+def _info_version(gpkg: Path) -> str:
+    with sqlite3.connect(gpkg) as db:
+        version = db.execute("SELECT value FROM gtloc_info WHERE key = 'format_version'").fetchone()[0]
+    db.close()
+    return version
+
+
+def test_a_format_2_file_is_upgraded_in_place_and_resumes(tmp_path):
+    out = tmp_path / "case.gpkg"
+    out.write_bytes(RESULTS_V2.read_bytes())
+    assert _info_version(out) == "2" and "place_evidence" not in _columns(out)["photos"]
+    with sqlite3.connect(out) as db:
+        before = db.execute("SELECT path, verdict, place_level, place_verdict FROM photos ORDER BY fid").fetchall()
+    db.close()
+    assert before[0] == ("/photos/paris.jpg", "consistent", 0.12, "consistent")
+    with ResultsStore.open(out) as store:
+        assert store.done("/photos/paris.jpg", "a" * 64, "m" * 64)
+        assert store.done("/photos/plain.png", "b" * 64, "m" * 64)
+        old = store.photos
+        new = {**dict.fromkeys(PHOTO_FIELDS), "sha256": "c" * 64, "model_sha256": "m" * 64, "verdict": "inconclusive",
+               "place_verdict": "inconclusive", "place_level": 0.18, "place_evidence": 1.6, "surface_res_deg": 0.25,
+               "thumbnail": "/cases/case_thumbs/" + "c" * 64 + ".jpg", "geometry": shapely.Point(10.0, 20.0)}
+        store.set_results("/photos/new.jpg", new, [_candidate("/photos/new.jpg", 1)], [_region("/photos/new.jpg")])
+    assert _info_version(out) == str(schema.FORMAT_VERSION) == "3"
+    columns = _columns(out)
+    for table in schema.TABLES:  # every schema column, whatever the other helpers of this version added
+        assert set(table.field_names) <= set(columns[table.name]), table.name
+    paris = old["/photos/paris.jpg"]
+    assert (paris["verdict"], paris["place_level"]) == ("consistent", 0.12)
+    assert paris["map_time"] == "2021-07-14T19:30:05.000Z"
+    assert paris["place_evidence"] is None and paris["surface_res_deg"] is None and paris["thumbnail"] is None
+    assert validate_gpkg(out) == []
+    photos = gpd.read_file(out, layer="photos").set_index("path")
+    assert list(photos.index) == ["/photos/paris.jpg", "/photos/plain.png", "/photos/new.jpg"]
+    assert photos.loc["/photos/new.jpg", "verdict"] == "inconclusive"
+    assert photos.loc["/photos/new.jpg", "place_evidence"] == 1.6
+    assert _count(out, "regions") == 5 and _count(out, "failures") == 1 and _count(out, "embeddings") == 2
+    assert _count(out, "rtree_photos_geom") == 3
+
+
+def test_a_file_of_this_version_missing_a_newer_field_gets_it(filled):
+    with sqlite3.connect(filled) as db:
+        db.execute("ALTER TABLE photos DROP COLUMN time_plot")  # as written before the field was added
+    db.close()
+    assert "time_plot" not in _columns(filled)["photos"]
+    with ResultsStore.open(filled) as store:
+        store.set_results("/photos/z.jpg", {**dict.fromkeys(PHOTO_FIELDS), "time_plot": "/t/z_time.png",
+                                            "geometry": None}, [], [])
+    assert "time_plot" in _columns(filled)["photos"] and _info_version(filled) == str(schema.FORMAT_VERSION)
+    with ResultsStore.open(filled) as store:
+        assert store.photos["/photos/z.jpg"]["time_plot"] == "/t/z_time.png"
+    assert validate_gpkg(filled) == []

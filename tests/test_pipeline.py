@@ -23,7 +23,9 @@ import pandas as pd
 import pyogrio
 import pytest
 import rasterio
-from photo_files import dms, gps_position, noise_image, png_claiming_size, save_jpeg_with_raw_exif
+from photo_files import (
+    EXIFTOOL, dms, exiftool_write, gps_position, noise_image, png_claiming_size, save_jpeg_with_raw_exif,
+)
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 from gpkg_validator import validate_gpkg
@@ -93,8 +95,10 @@ def test_writes_photos_candidates_regions_and_embeddings(pipeline, album, tmp_pa
     # map_time is UTC (a GeoPackage DATETIME) where the offset is known; map_time_local the local wall clock.
     assert claimed.map_time == pd.Timestamp("2021-07-14T19:30:05", tz="UTC")
     assert claimed.map_time_local == "2021-07-14T21:30:05" and claimed.map_time_source == "claim"
-    assert claimed.verdict in {"consistent", "doubtful", "inconsistent"}
+    assert claimed.verdict in {"consistent", "doubtful", "inconsistent", "inconclusive"}
     assert pd.notna(claimed.place_verdict) and pd.notna(claimed.time_verdict)
+    assert claimed.place_evidence > 0 and claimed.time_evidence >= 0 and 0 <= claimed.place_level <= 1
+    assert (photos.surface_res_deg == 1.0).all()
 
     time_only = photos.loc["time_only.jpg"]
     assert time_only.point_source == "prediction" and time_only.time_given == "image only"
@@ -252,7 +256,9 @@ def test_each_batch_is_committed_before_its_progress_report(pipeline, album, tmp
     pipeline.run([album], out, batch_size=1, progress=progress)
     assert seen == [(1, 1, 3, 1), (2, 2, 6, 2), (3, 3, 9, 3)]
     assert len(set(inode)) == 1  # written in place: the same file throughout, no rename
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["album", "results.gpkg"]
+    # No journal, -wal or temp file left; the pictures' folder beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["album", "results.gpkg", "results_thumbs"]
+    assert not [p for p in (tmp_path / "results_thumbs").iterdir() if p.name.startswith(".")]
 
 
 def test_an_open_reader_neither_blocks_nor_sees_a_run_half_way(pipeline, album, tmp_path, caplog):
@@ -524,3 +530,57 @@ def test_cli_killed_with_sigkill_keeps_every_committed_batch_and_resumes(trained
     photos = _photos(out)
     assert len(photos) == 60 and validate_gpkg(out) == []
     assert photos.loc[kept.index, "processed_at_utc"].equals(kept.processed_at_utc)  # the kept rows untouched
+
+
+# ------------------------------------------------------------------------------------------- pictures for QGIS
+
+
+@pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed (Debian: libimage-exiftool-perl)")
+def test_thumbnails_and_time_plots_sit_beside_the_results_upright_and_are_reused(pipeline, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    # Stored 600 x 400, left half red, right half blue; EXIF Orientation 6: to be viewed turned 90 deg clockwise,
+    # so upright it is 400 x 600 with the red half on top.
+    pixels = np.zeros((400, 600, 3), np.uint8)
+    pixels[:, :300] = (220, 30, 30)
+    pixels[:, 300:] = (30, 30, 220)
+    turned = folder / "turned.jpg"
+    Image.fromarray(pixels).save(turned, quality=95)
+    exiftool_write(turned, "-Orientation#=6", "-GPSLatitude=48.8566", "-GPSLatitudeRef=N", "-GPSLongitude=2.3522",
+                   "-GPSLongitudeRef=E", "-DateTimeOriginal=2021:07:14 21:30:05")
+    with Image.open(turned) as stored:
+        assert stored.size == (600, 400) and stored.getexif()[0x0112] == 6
+    shutil.copy(turned, folder / "copy.jpg")  # the same bytes under another name share the pictures
+    out = tmp_path / "case.gpkg"
+    pipeline.run([folder], out)
+    photos = _photos(out)
+    thumbs = tmp_path / "case_thumbs"
+    row = photos.loc["turned.jpg"]
+    assert Path(row.thumbnail) == thumbs / f"{row.sha256}.jpg"
+    assert Path(row.time_plot) == thumbs / f"{row.sha256}_{pipeline.model_sha256[:12]}_time.png"
+    assert photos.loc["copy.jpg", "thumbnail"] == row.thumbnail
+    assert sorted(p.name for p in thumbs.iterdir()) == sorted([Path(row.thumbnail).name, Path(row.time_plot).name])
+    with Image.open(row.thumbnail) as thumb:
+        assert thumb.format == "JPEG" and thumb.size == (171, 256)  # upright: width and height swapped, then shrunk
+        assert len(thumb.getexif()) == 0  # no metadata of the photo goes into it
+        upright = np.asarray(thumb.convert("RGB"), dtype=float)
+    top, bottom = upright[:100].mean(axis=(0, 1)), upright[-100:].mean(axis=(0, 1))
+    assert top[0] > 180 > top[2] and bottom[2] > 180 > bottom[0]  # the red half is on top
+    with Image.open(row.time_plot) as plot:
+        assert plot.format == "PNG" and plot.size == (240, 120) and plot.mode == "RGB"
+    # A second run skips the finished photos and writes no picture again.
+    stamps = {p.name: p.stat().st_mtime_ns for p in thumbs.iterdir()}
+    time.sleep(0.05)
+    summary = pipeline.run([folder], out)
+    assert summary.n_skipped == 2 and summary.n_done == 0
+    assert {p.name: p.stat().st_mtime_ns for p in thumbs.iterdir()} == stamps
+    # Another checkpoint file recomputes the rows: the thumbnail (the bytes' own) is kept, the time plot is new.
+    from gtloc_engine.model.checkpoint import save_checkpoint
+
+    other = save_checkpoint(tmp_path / "other.safetensors", pipeline.model, info={"copy": "of the same weights"})
+    again = PhotoPipeline(other, top_k=3, cache_dir=pipeline.cache_dir, config=FAST)
+    assert again.run([folder], out).n_done == 2
+    redone = _photos(out).loc["turned.jpg"]
+    assert redone.thumbnail == row.thumbnail
+    assert Path(row.thumbnail).stat().st_mtime_ns == stamps[Path(row.thumbnail).name]
+    assert redone.time_plot != row.time_plot and Path(redone.time_plot).is_file()

@@ -14,15 +14,20 @@ import pytest
 
 from gtloc_engine import cli
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.protocol import PARAMS, InfoParams, ParamError, PredictParams, SearchParams, read_params
+from gtloc_engine.protocol import (
+    PARAMS, InfoParams, ParamError, PredictParams, SearchParams, ShadowParams, read_params,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL_DOC = REPO / "docs" / "protocol.md"
 CLIENT = REPO / "qgis_plugin" / "engine_client.py"
-METHODS = ("info", "predict", "search")
+METHODS = ("info", "predict", "search", "shadow")
 # What each method's CLI needs so that one more option can be parsed alone.
 BASE_ARGV = {"info": ["info", "m.safetensors"], "predict": ["predict", "a.jpg", "--model", "m.safetensors"],
-             "search": ["search", "r.gpkg", "--model", "m.safetensors"]}
+             "search": ["search", "r.gpkg", "--model", "m.safetensors"],
+             "shadow": ["shadow", "--out", "locus", "--measurement", "elev_deg=30,time=2024-06-21T12:00Z"]}
+# Option values argparse's types cannot make up (sample_argv): one more shadow measurement as KEY=VALUE pairs.
+SAMPLE_VALUES = {"--measurement": "elev_deg=40,time=2024-06-21T12:00Z"}
 
 # Options of the CLI that are no protocol parameter, and why.
 CLI_ONLY = {
@@ -31,13 +36,16 @@ CLI_ONLY = {
         "--threads": "torch's CPU threads are per process; the worker's come from its environment (OMP_NUM_THREADS)",
         "--precision": "bf16 rounds the loaded backbone's weights for good; the worker keeps one fp32 model per "
                        "checkpoint for predict and search alike",
+        "--cluster": "a Dask cluster run is the CLI's (gtloc_engine/cluster.py); the plugin's worker predicts in "
+                     "its own process",
     },
     "search": {},
     "info": {},
+    "shadow": {},
 }
 # predict's --out is also CLI-only when it does not name a GeoPackage (the JSON file); as X.gpkg it is out_gpkg.
 # Engine parameters the plugin's client does not send, and why.
-CLIENT_OMITS: dict[str, set[str]] = {"info": set(), "predict": set(), "search": set()}
+CLIENT_OMITS: dict[str, set[str]] = {"info": set(), "predict": set(), "search": set(), "shadow": set()}
 
 
 def subparser(method: str) -> argparse.ArgumentParser:
@@ -48,6 +56,8 @@ def subparser(method: str) -> argparse.ArgumentParser:
 def sample_argv(action: argparse.Action) -> list[str]:
     """The option with a value its type accepts (no values are parsed beyond argparse's types here)."""
     flag = action.option_strings[0]
+    if flag in SAMPLE_VALUES:
+        return [flag, SAMPLE_VALUES[flag]]
     if action.nargs == 0:
         return [flag]
     if action.type is not None and action.type.__name__ == "_latlon":
@@ -102,6 +112,37 @@ def doc_table_names(method: str) -> set[str]:
 @pytest.mark.parametrize("method", METHODS)
 def test_the_protocol_doc_lists_exactly_the_engines_parameters(method):
     assert doc_table_names(method) == {row.name for row in PARAMS[method]}
+
+
+def test_the_cli_makes_shadow_measurements_of_the_tables_fields():
+    """The flat options are one measurement, each --measurement one more, named and typed as MEASUREMENT_PARAMS."""
+    from gtloc_engine.protocol import MEASUREMENT_PARAMS
+
+    flat = [a for a in subparser("shadow")._actions if a.dest in {row.name for row in MEASUREMENT_PARAMS}]
+    assert {a.dest for a in flat} == {row.name for row in MEASUREMENT_PARAMS}
+    args = subparser("shadow").parse_args(["--height-m", "10", "--length-m", "4.5", "--time", "2024-06-21T14:05",
+                                           "--measurement", "elev_deg=30, elev_sigma_deg=0.5,time=2024-06-21T17:00Z",
+                                           "--out", "d"])
+    assert cli.request_params(args, "shadow") == {"out_dir": "d", "measurements": [
+        {"height_m": 10.0, "length_m": 4.5, "time": "2024-06-21T14:05"},
+        {"elev_deg": 30.0, "elev_sigma_deg": 0.5, "time": "2024-06-21T17:00Z"}]}
+
+
+@pytest.mark.parametrize("text, words", [("elev_deg=30,when=noon", "'when=noon'"), ("elev_deg=thirty", "thirty"),
+                                         ("elev_deg", "'elev_deg'")])
+def test_a_bad_measurement_option_is_one_line_naming_it(text, words):
+    args = subparser("shadow").parse_args(["--measurement", text, "--out", "d"])
+    with pytest.raises(GtlocError) as info:
+        cli.request_params(args, "shadow")
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_protocol_doc_lists_exactly_the_measurement_fields():
+    from gtloc_engine.protocol import MEASUREMENT_PARAMS
+
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    section = text.split("### Shadow measurements", 1)[1].split("\n### ", 1)[0]
+    assert set(re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)) == {row.name for row in MEASUREMENT_PARAMS}
 
 
 def test_the_doc_table_reader_sees_tables():
@@ -179,6 +220,9 @@ def test_the_plugins_pooling_and_point_source_values_are_the_engines():
     ("predict", {"model": "m", "photos": ["a.jpg"]}, "needs 'out_gpkg'"),
     ("predict", {"model": "m", "photos": ["a.jpg"], "out_gpkg": "o.gpkg", "tencrop": "yes"}, "'tencrop'"),
     ("info", {"model": 3}, "'model'"),
+    ("shadow", {"out_dir": "d"}, "needs 'measurements'"),
+    ("shadow", {"out_dir": "d", "measurements": {"elev_deg": 30}}, "'measurements'"),
+    ("shadow", {"out_dir": "d", "measurements": ["elev_deg=30"]}, "'measurements'"),
 ])
 def test_a_parameter_of_the_wrong_type_or_name_is_one_line_naming_it(method, params, words):
     with pytest.raises(ParamError) as info:
@@ -202,6 +246,48 @@ def test_the_request_classes_build_what_the_engine_runs():
     predict = PredictParams.from_params({"model": "m", "photos": ["a.jpg"], "out_gpkg": "o.gpkg", "res_deg": 1})
     assert predict.res_deg == 1.0 and predict.top_k == 5 and predict.batch_size == 16 and not predict.tencrop
     assert InfoParams.from_params({}).model is None
+
+
+@pytest.mark.parametrize("item, words", [
+    ({"elev_deg": 30}, "needs 'time'"),
+    ({"elev_deg": "30", "time": "2024-06-21T12:00"}, "'elev_deg'"),
+    ({"elev_deg": 30, "time": "2024-06-21T12:00", "azimuth": 3}, "no parameter 'azimuth'"),
+    ({"elev_deg": 30, "time": 1718971200}, "'time'"),
+])
+def test_a_measurement_field_of_the_wrong_type_or_name_is_a_bad_request(item, words):
+    with pytest.raises(ParamError) as info:
+        ShadowParams.from_params({"out_dir": "d", "measurements": [item]})
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("items, words", [
+    ([{"height_m": -2, "length_m": 3, "time": "2024-06-21T12:00"}], "height_m -2.0 must be positive"),
+    ([{"height_m": 2, "time": "2024-06-21T12:00"}], "go together"),
+    ([{"height_m": 2, "length_m": 3, "elev_deg": 30, "time": "2024-06-21T12:00"}], "not both"),
+    ([{"elev_deg": 0, "time": "2024-06-21T12:00"}], "elev_deg 0.0 is out of range"),
+    ([{"elev_deg": 91, "time": "2024-06-21T12:00"}], "elev_deg 91.0 is out of range"),
+    ([{"elev_deg": 30, "time": "2024-06-21T25:00"}], "not a valid date and time"),
+    ([{"elev_deg": 30, "time": "2024-06-21"}], "no time of day"),
+    ([{"elev_deg": 30, "time": "2024-06-21T12:00", "bearing_sigma_deg": 3}], "goes with bearing_deg"),
+    ([{"elev_deg": 30, "time": "2024-06-21T12:00", "time_sigma_min": -5}], "time_sigma_min -5.0 must not be"),
+    ([{"elev_deg": 30, "time": "2024-06-21T12:00"}, {"elev_deg": 30, "time": "soon"}], "shadow measurement 2: "),
+])
+def test_a_bad_measurement_value_is_the_engines_one_line_refusal_naming_it(items, words):
+    with pytest.raises(GtlocError) as info:
+        ShadowParams.from_params({"out_dir": "d", "measurements": items})
+    assert not isinstance(info.value, ParamError)  # the worker answers bad_input: the engine refused the value
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_shadow_params_pair_a_photo_with_its_model_and_keep_the_posterior_apart():
+    base = {"out_dir": "d", "measurements": [{"elev_deg": 30, "time": "2024-06-21T12:00Z"}]}
+    with pytest.raises(GtlocError, match="needs both photo and model"):
+        ShadowParams.from_params({**base, "photo": "p.jpg"})
+    with pytest.raises(GtlocError, match="not both"):
+        ShadowParams.from_params({**base, "photo": "p.jpg", "model": "m", "posterior": "g.tif"})
+    request = ShadowParams.from_params({**base, "posterior": "g.tif"})
+    assert request.posterior.name == "g.tif" and request.res_deg == 0.25 and not request.res_deg_given
+    assert request.measurements[0].instant_utc.isoformat() == "2024-06-21T12:00:00"
 
 
 @pytest.mark.parametrize("params, words", [

@@ -24,7 +24,8 @@ from gtloc_engine.io.geopackage import ResultsStore
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "geopackage.md"
 PLUGIN_SCHEMA = REPO / "qgis_plugin" / "results_schema.py"
-PLUGIN_LAYERS = REPO / "qgis_plugin" / "layers.py"
+PLUGIN_SCHEMA_READERS = tuple(REPO / "qgis_plugin" / name for name in (
+    "layers.py", "photo_form.py", "surface_view.py", "ui/time_dock.py"))
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +157,14 @@ def test_the_docs_state_the_current_format_version_and_every_unit():
 
 
 def test_the_claim_check_uses_the_schemas_verdict_strings():
-    assert (claims.CONSISTENT, claims.DOUBTFUL, claims.INCONSISTENT, claims.NO_CLAIM) == schema.VERDICTS
+    assert (claims.CONSISTENT, claims.DOUBTFUL, claims.INCONSISTENT, claims.INCONCLUSIVE,
+            claims.NO_CLAIM) == schema.VERDICTS
+    assert set(claims.SEVERITY) == set(schema.PART_VERDICTS)  # every part verdict has its place in the order
     assert (claims.TIME_GIVEN_PLACE, claims.TIME_GIVEN_IMAGE) == schema.TIME_GIVEN_VALUES
     thresholds = claims.VerdictThresholds()
-    assert {thresholds.verdict(level) for level in (0.0, 0.95, 0.999)} == set(schema.PART_VERDICTS)
+    given = {thresholds.part_verdict(level, evidence, share)[0]
+             for level, evidence, share in ((0.0, 10, 0.1), (0.95, 0.1, 0.1), (0.999, 0.1, 0.1), (0.0, 10, 0.9))}
+    assert given == set(schema.PART_VERDICTS)
     assert geopackage.PHOTO_FIELDS is schema.PHOTO_FIELDS and geopackage.FORMAT_VERSION == schema.FORMAT_VERSION
     assert PipelineConfig().credible_levels == schema.DEFAULT_CREDIBLE_LEVELS
 
@@ -168,7 +173,7 @@ def test_the_plugins_schema_module_agrees_with_the_engines(plugin_schema):
     p = plugin_schema
     assert (p.FORMAT, p.FORMAT_VERSION) == (schema.FORMAT, schema.FORMAT_VERSION)
     assert p.VERDICTS == schema.VERDICTS
-    assert (p.CONSISTENT, p.DOUBTFUL, p.INCONSISTENT, p.NO_CLAIM) == schema.VERDICTS
+    assert (p.CONSISTENT, p.DOUBTFUL, p.INCONSISTENT, p.INCONCLUSIVE, p.NO_CLAIM) == schema.VERDICTS
     assert p.DEFAULT_CREDIBLE_LEVELS == schema.DEFAULT_CREDIBLE_LEVELS
     assert (p.PHOTOS_LAYER, p.CANDIDATES_LAYER, p.REGIONS_LAYER, p.FAILURES_TABLE) == (
         schema.PHOTOS.name, schema.CANDIDATES.name, schema.REGIONS.name, schema.FAILURES.name)
@@ -179,13 +184,18 @@ def test_the_plugins_schema_module_agrees_with_the_engines(plugin_schema):
     constants = {v for k, v in vars(p).items() if k.isupper() and isinstance(v, str)}
     names = {n for fields in p.FIELDS_READ.values() for n in fields}
     layer_names = {t.name for t in schema.TABLES}
-    assert constants - names - layer_names - set(p.VERDICTS) - {p.FORMAT} == set()
+    # and every other string constant is a value some field may take (e.g. time_given's 'claimed place')
+    allowed = {v for t in schema.TABLES for f in t.fields for v in f.allowed}
+    assert constants - names - layer_names - set(p.VERDICTS) - {p.FORMAT} - allowed == set()
 
 
-def test_the_plugins_layers_module_repeats_no_schema_string():
-    """qgis_plugin/layers.py takes verdicts and field names from results_schema instead of string literals."""
-    tree = ast.parse(PLUGIN_LAYERS.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", PLUGIN_SCHEMA_READERS, ids=lambda path: path.name)
+def test_the_plugins_geopackage_readers_repeat_no_schema_string(module):
+    """The plugin modules that read the GeoPackage take verdicts and field names from results_schema instead of
+    string literals (the engine's protocol replies may use the same words; the modules that read them are not
+    listed)."""
+    tree = ast.parse(module.read_text(encoding="utf-8"))
     literals = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     schema_strings = set(schema.VERDICTS) | {f.name for t in schema.LAYERS for f in t.fields}
     assert literals & schema_strings == set()
-    assert "from . import results_schema" in PLUGIN_LAYERS.read_text(encoding="utf-8")
+    assert "import results_schema" in module.read_text(encoding="utf-8")

@@ -14,7 +14,7 @@ import pytest
 import test_search
 
 from gtloc_engine import __version__
-from gtloc_engine.protocol import PARAMS
+from gtloc_engine.protocol import PARAMS, PREDICT_STAGES, STAGE_CONSTANTS, STAGE_LOADING_MODEL, STAGE_PHOTOS
 from gtloc_engine.service import METHODS, PROTOCOL_VERSION
 
 search_collection = test_search.collection  # fixture: a real results GeoPackage of 20 toy photos
@@ -248,15 +248,26 @@ def test_predict_sends_progress_then_a_summary_and_writes_the_geopackage(worker,
     summary = reply["result"]
     assert summary["n_done"] == 2 and summary["n_failed"] == 1 and not summary["cancelled"]
     assert "missing.jpg" in summary["failures"][0]["path"] and summary["failures"][0]["reason"]
-    assert progress and all(0 <= m["done"] <= m["total"] for m in progress)
-    assert [m["done"] for m in progress] == sorted(m["done"] for m in progress)
+    # Stages in order (the module's constants cache is fresh here: the model's grids are built on this first run).
+    stages = [m["stage"] for m in progress]
+    assert stages[0] == STAGE_LOADING_MODEL and stages[-1] == STAGE_PHOTOS
+    assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == list(PREDICT_STAGES)
+    building = [m for m in progress if m["stage"] == STAGE_CONSTANTS]
+    assert building[0]["done"] == 0 and building[-1]["done"] == building[-1]["total"] > 0
+    assert all(m["eta_s"] >= 0 for m in building if "eta_s" in m) and any("eta_s" in m for m in building)
+    photos_progress = [m for m in progress if m["stage"] == STAGE_PHOTOS]
+    assert photos_progress and all(0 <= m["done"] <= m["total"] == 3 for m in photos_progress)
+    assert [m["done"] for m in photos_progress] == sorted(m["done"] for m in photos_progress)
     assert sorted(gpd.read_file(out, layer="photos")["path"]) == sorted(photos[:2])
     assert all(Path(r).is_file() for r in summary["rasters"])
     # The same model again: a second run on the same GeoPackage resumes instead of redoing the photos.
     worker.send({"id": "again", "method": "predict", "params": {
         "model": str(model_path), "photos": photos[:2], "out_gpkg": str(out), "cache_dir": str(constants_cache)}})
-    _, reply = worker.until_final("again", timeout=300)
+    progress, reply = worker.until_final("again", timeout=300)
     assert reply["result"]["n_skipped"] == 2 and reply["result"]["n_done"] == 0
+    # Model and constants are held by the worker now: no constants stage, the photos at once.
+    assert [m["stage"] for m in progress][:2] == [STAGE_LOADING_MODEL, STAGE_PHOTOS]
+    assert {m["stage"] for m in progress} == {STAGE_LOADING_MODEL, STAGE_PHOTOS}
 
 
 def test_predict_given_a_known_time_and_a_bad_one(worker, model_path, toy_photos, tmp_path, constants_cache):
@@ -276,6 +287,17 @@ def test_predict_given_a_known_time_and_a_bad_one(worker, model_path, toy_photos
     assert rows["place_given"].tolist() == ["image+time"] and rows["given_time_local"].tolist() == ["2021-07-01T12:00:00"]
 
 
+def _cancel(worker, target: str) -> dict:
+    """Send `cancel` for `target`; the final lines of both requests by id ('stop' and the target)."""
+    worker.send({"id": "stop", "method": "cancel", "params": {"target": target}})
+    replies = {}
+    while len(replies) < 2:
+        message = worker.read(timeout=300)
+        if message["type"] != "progress":
+            replies[message["id"]] = message
+    return replies
+
+
 @pytest.mark.slow
 def test_cancel_stops_a_running_predict_between_batches(worker, model_path, toy_photos, tmp_path, constants_cache):
     photos = [str(p) for p in toy_photos[:60]]
@@ -284,16 +306,32 @@ def test_cancel_stops_a_running_predict_between_batches(worker, model_path, toy_
         "model": str(model_path), "photos": photos, "out_gpkg": str(tmp_path / "c.gpkg"), "batch_size": 1,
         "cache_dir": str(constants_cache)}})
     first = worker.read(timeout=300)
-    assert first["type"] == "progress", first
-    worker.send({"id": "stop", "method": "cancel", "params": {"target": "long"}})
-    replies = {}
-    while len(replies) < 2:
-        message = worker.read(timeout=300)
-        if message["type"] != "progress":
-            replies[message["id"]] = message
+    while first.get("stage") != STAGE_PHOTOS:  # cancel once photos are being predicted
+        assert first["type"] == "progress", first
+        first = worker.read(timeout=300)
+    replies = _cancel(worker, "long")
     assert replies["stop"]["result"] == {"target": "long", "cancelled": True}
     summary = replies["long"]["result"]
     assert summary["cancelled"] and summary["n_done"] < len(photos)
+    worker.send({"id": "next", "method": "info"})
+    assert worker.until_final("next")[1]["type"] == "result"
+
+
+def test_cancel_while_a_first_model_builds_its_constants_stops_it_and_leaves_no_partial_file(
+        worker, model_path, toy_photos, tmp_path):
+    cache = tmp_path / "fresh"
+    worker.read()
+    worker.send({"id": "first", "method": "predict", "params": {
+        "model": str(model_path), "photos": [str(toy_photos[0])], "out_gpkg": str(tmp_path / "c.gpkg"),
+        "cache_dir": str(cache), "res_deg": 0.05}})
+    message = worker.read(timeout=300)
+    while message.get("stage") != STAGE_CONSTANTS:
+        message = worker.read(timeout=300)
+    replies = _cancel(worker, "first")
+    assert replies["stop"]["result"] == {"target": "first", "cancelled": True}
+    error = replies["first"]["error"]
+    assert error["code"] == "cancelled" and "constants" in error["message"]
+    assert not list(cache.rglob("*.tmp")) and not (tmp_path / "c.gpkg").exists()
     worker.send({"id": "next", "method": "info"})
     assert worker.until_final("next")[1]["type"] == "result"
 
@@ -438,3 +476,83 @@ def test_predict_takes_the_cell_size_the_time_gallery_and_ten_crops(worker, mode
             assert raster.res == ((2.0, 2.0) if name == "coarse" else (0.25, 0.25)), name
     assert (rows["gallery"][0], round(rows["gallery"][1])) in ((7, 12), (1, 6), (1, 7))  # (a circular mean hour)
     assert rows["tencrop"][2] != rows["plain"][2] and rows["coarse"][2] == rows["plain"][2]
+
+
+# -- the shadow locus ---------------------------------------------------------------------------------------------
+
+def test_shadow_sends_progress_then_writes_the_locus_fused_with_a_photos_posterior(worker, model_path, toy_photos,
+                                                                                  tmp_path, constants_cache):
+    import numpy as np
+    import rasterio
+
+    out = tmp_path / "shadow"
+    worker.read()
+    worker.send({"id": "s", "method": "shadow", "params": {
+        "measurements": [{"height_m": 2.0, "length_m": 3.5, "time": "2021-07-01T15:00", "time_sigma_min": 4.0},
+                         {"elev_deg": 12.0, "time": "2021-07-01T19:00Z", "bearing_deg": 95.0}],
+        "photo": str(toy_photos[0]), "model": str(model_path), "res_deg": 2.0, "top_k": 2,
+        "cache_dir": str(constants_cache), "out_dir": str(out)}})
+    progress, reply = worker.until_final("s", timeout=300)
+    assert reply["type"] == "result", reply
+    summary = reply["result"]
+    assert {m["stage"] for m in progress} == {"shadow locus"}
+    assert [m["done"] for m in progress] == list(range(1, progress[-1]["total"] + 1))  # bins, then the fusion
+    assert progress[-1]["total"] == sum(m["time_bins"] for m in summary["measurements"]) + 1
+    with rasterio.open(summary["fused_tif"]) as src:
+        fused = src.read(1)
+        assert src.crs.to_epsg() == 4326 and fused.shape == (90, 180)
+    row, col = np.unravel_index(np.argmax(fused / np.cos(np.radians(89.0 - 2.0 * np.arange(90)))[:, None]),
+                                fused.shape)
+    assert summary["fused"]["peak_lat_deg"] == pytest.approx(89.0 - 2.0 * row)
+    assert summary["fused"]["peak_lon_deg"] == pytest.approx(-179.0 + 2.0 * col)
+    assert len(summary["locus"]["candidates"]) == 2 and Path(summary["gpkg"]).is_file()
+    assert summary["posterior"].startswith(str(toy_photos[0]))
+
+
+def test_shadow_with_a_posterior_raster_and_its_errors(worker, tmp_path):
+    import numpy as np
+
+    from gtloc_engine.geo import Surface
+    from gtloc_engine.io.rasters import write_surface_geotiff
+
+    flat = write_surface_geotiff(tmp_path / "flat_global.tif", Surface(
+        np.full((36, 72), 1.0 / (36 * 72), np.float32), -180.0, 90.0, 5.0, "global"))
+    one = {"elev_deg": 30.0, "time": "2024-03-20T12:00Z"}
+    worker.read()
+    worker.send({"id": "p", "method": "shadow", "params": {"measurements": [one], "posterior": str(flat),
+                                                            "out_dir": str(tmp_path / "p")}})
+    _, reply = worker.until_final("p")
+    assert reply["type"] == "result", reply
+    assert reply["result"]["res_deg"] == 5.0 and reply["result"]["fused_tif"]  # the locus took the raster's grid
+    cases = [({"measurements": [{**one, "height_m": 3.0}]}, "bad_input", "not both"),
+             ({"measurements": [{**one, "elev_deg": -1.0}]}, "bad_input", "elev_deg -1.0 is out of range"),
+             ({"measurements": [{**one, "time": "the 5th"}]}, "bad_input", "'the 5th'"),
+             ({"measurements": [{**one, "bearing": 3.0}]}, "bad_request", "no parameter 'bearing'"),
+             ({"measurements": [{**one, "elev_deg": "30"}]}, "bad_request", "'elev_deg'"),
+             ({"measurements": one}, "bad_request", "'measurements'"),
+             ({"measurements": [one], "posterior": str(flat), "res_deg": 1.0}, "bad_input", "leave res_deg out"),
+             ({"measurements": [one], "posterior": str(tmp_path / "none.tif")}, "bad_input", "none.tif")]
+    for i, (params, code, words) in enumerate(cases):
+        worker.send({"id": i, "method": "shadow", "params": {"out_dir": str(tmp_path / f"e{i}"), **params}})
+        _, reply = worker.until_final(i)
+        assert reply["type"] == "error" and reply["error"]["code"] == code, (params, reply)
+        assert words in reply["error"]["message"] and "\n" not in reply["error"]["message"]
+        assert not (tmp_path / f"e{i}").exists()
+
+
+def test_a_cancelled_shadow_ends_with_a_cancelled_error_and_writes_nothing(worker, tmp_path):
+    worker.read()
+    worker.send({"id": "long", "method": "shadow", "params": {
+        "measurements": [{"elev_deg": 30.0, "time": "2024-03-20T12:00", "time_sigma_min": 60.0}],
+        "out_dir": str(tmp_path / "c")}})
+    first = worker.read(timeout=300)
+    assert first["type"] == "progress" and first["total"] == 48, first
+    worker.send({"id": "stop", "method": "cancel", "params": {"target": "long"}})
+    replies = {}
+    while len(replies) < 2:
+        message = worker.read(timeout=300)
+        if message["type"] != "progress":
+            replies[message["id"]] = message
+    assert replies["stop"]["result"] == {"target": "long", "cancelled": True}
+    assert replies["long"]["type"] == "error" and replies["long"]["error"]["code"] == "cancelled"
+    assert not (tmp_path / "c").exists()

@@ -1,5 +1,6 @@
 """Surfaces from a real (tiny, random) model: normalisation against the encoder's own scores, peaks against exact
-evaluation at every cell centre, regional windows (antimeridian, poles), candidates. The query embedding is the
+evaluation at every cell centre, regional windows (antimeridian, poles), candidates, coarser grids summed from the
+cache, and the claim check's place score against exact evaluation and across resolutions. The query embedding is the
 embedding of a place, so cos = 1 there."""
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import pytest
 import torch
 
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.geo import KM_PER_DEG_LAT, global_centres_latlon, haversine_km, row_area_sr
-from gtloc_engine.inference.surfaces import SurfaceConfig, SurfaceMaker, credible_level, find_candidates
+from gtloc_engine.geo import (
+    EARTH_RADIUS_KM, KM_PER_DEG_LAT, fibonacci_sphere_latlon, global_centres_latlon, haversine_km, row_area_sr,
+)
+from gtloc_engine.inference.surfaces import (
+    SurfaceConfig, SurfaceMaker, credible_area_km2, credible_level, find_candidates,
+)
 from gtloc_engine.model import GTLoc, preset
 
 RES_DEG = 0.5
@@ -192,7 +197,7 @@ def test_credible_level_on_a_model_surface(model, maker):
     assert 0.0 < credible_level(g, -60.0, -120.0) <= 1.0
 
 
-@pytest.mark.parametrize("res", [0.3, 0.7, 0.0, -1.0])
+@pytest.mark.parametrize("res", [0.3, 0.7, 0.0, -1.0, 1.5])  # 1.5: tiles, but is no multiple of the 1 deg cache
 def test_resolutions_that_do_not_tile_are_refused(model, cache_root, res):
     with pytest.raises(GtlocError, match="resolution"):
         SurfaceMaker(model, global_res_deg=res, cache_dir=cache_root, config=CONFIG)
@@ -209,3 +214,64 @@ def test_finer_global_resolution_is_refined_from_the_same_cache(model, cache_roo
 def test_bad_embedding_is_one_clear_error(maker):
     with pytest.raises(GtlocError, match="embedding"):
         maker.global_surface(np.zeros(5, np.float32))
+
+
+def test_a_coarser_resolution_sums_blocks_of_the_cached_grid(model, maker, cache_root):
+    coarse = SurfaceMaker(model, global_res_deg=2.0, cache_dir=cache_root, config=CONFIG)
+    q = place_query(model, -33.9, 151.2)
+    g, cells = coarse.global_surface(q), maker.grid_surface(q)
+    assert g.shape == (90, 180) and cells.shape == (180, 360) and cells.res_deg == 1.0
+    np.testing.assert_allclose(g.mass_per_cell, cells.mass_per_cell.reshape(90, 2, 180, 2).sum(axis=(1, 3)),
+                               rtol=1e-4, atol=1e-9)
+    assert g.log_norm == pytest.approx(cells.log_norm)
+
+
+def test_the_grid_surface_scores_every_cell_exactly(model, maker):
+    q = place_query(model, 35.7, 139.7)
+    cells = maker.grid_surface(q)
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 180, 20), rng.integers(0, 360, 20)
+    latlon = np.stack((cells.lat_centres_deg[rows], cells.lon_centres_deg[cols]), axis=-1)
+    area = row_area_sr(90.0, 1.0, 180)[rows]
+    expected = np.exp(maker.scores_at(q, latlon).astype(np.float64) - cells.log_norm) * area
+    np.testing.assert_allclose(cells.mass_per_cell[rows, cols], expected, rtol=1e-4)
+
+
+def test_score_place_ranks_the_exact_density_among_the_cells_and_ignores_the_resolution(model, maker, cache_root):
+    q = place_query(model, 48.8, 2.3)
+    # The place of 40 spread over the globe whose level is nearest 0.5: a test of the ranking, not of an extreme.
+    lat, lon = min(fibonacci_sphere_latlon(40), key=lambda p: abs(maker.score_place(q, *p).level - 0.5))
+    score = maker.score_place(q, lat, lon, region_level=0.9)
+    cells = maker.grid_surface(q)
+    density = math.exp(float(maker.scores_at(q, np.array([[lat, lon]]))[0]) - cells.log_norm) / EARTH_RADIUS_KM**2
+    assert score.density_per_km2 == pytest.approx(density, rel=1e-5)
+    assert score.evidence == pytest.approx(density * 4 * math.pi * EARTH_RADIUS_KM**2, rel=1e-5)
+    # Brute force: the mass of every cell denser than the place; the area of the cells below level 0.9.
+    masses, dens = cells.mass_per_cell.astype(np.float64), cells.density_per_km2
+    assert score.level == pytest.approx(masses[dens > np.float32(density)].sum(), abs=1e-6)
+    assert 0.2 < score.level < 0.8
+    order = np.argsort(-dens, axis=None)
+    before = np.cumsum(masses.ravel()[order]) - masses.ravel()[order]
+    areas = np.broadcast_to(cells.cell_area_km2, cells.shape).ravel()[order]
+    assert score.region_area_km2 == pytest.approx(areas[before < 0.9].sum(), rel=1e-6)
+    assert credible_area_km2(cells, 0.9) == score.region_area_km2 and score.res_deg == 1.0
+    for res in (0.5, 2.0):  # upsampled or summed for the map, the claim check stays on the cached grid
+        other = SurfaceMaker(model, global_res_deg=res, cache_dir=cache_root, config=CONFIG)
+        assert other.score_place(q, lat, lon, region_level=0.9) == score
+
+
+def test_score_place_levels_match_an_exact_finer_grid(model, cache_root):
+    """Levels on the default 0.5 deg cache against exact scores at every centre of a 0.25 deg grid (1M encoder
+    evaluations), for claims the model puts at mid-range levels."""
+    q = place_query(model, 40.7, -74.0)
+    maker = SurfaceMaker(model, global_res_deg=0.25, cache_dir=cache_root)
+    scores = {tuple(p): maker.score_place(q, *p) for p in fibonacci_sphere_latlon(60)}
+    mid = [(p, s) for p, s in scores.items() if 0.3 <= s.level <= 0.9]
+    assert len(mid) >= 5
+    exact = maker.scores_at(q, global_centres_latlon(0.25)).astype(np.float64).reshape(720, 1440)
+    log_mass = exact + np.log(row_area_sr(90.0, 0.25, 720))[:, None]
+    log_norm = np.logaddexp.reduce(log_mass.ravel())
+    mass, log_density = np.exp(log_mass - log_norm), exact - log_norm
+    for (lat, lon), s in mid:
+        claim = float(maker.scores_at(q, np.array([[lat, lon]]))[0]) - log_norm
+        assert s.level == pytest.approx(float(mass[log_density > claim].sum()), abs=0.02), (lat, lon)

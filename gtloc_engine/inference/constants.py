@@ -11,6 +11,10 @@ Layout: `<cache_root>/constants/<model_key>/<name>-<points_sha256>.npy`, float32
 - The points' sha256 is over their float64 bytes and shape, so the same name with other points never collides.
 - Files are written atomically (temp file + rename) and read with `np.load(mmap_mode="r", allow_pickle=False)`:
   nothing is unpickled, big grids are paged in lazily and shared between processes through the page cache.
+- Building a set for the first time can take a while (a 0.5 deg grid is 259,200 location-encoder points: tens of
+  seconds for paper-size encoders on a laptop CPU). `reporting(callback)` makes every build inside the `with`
+  report `callback(ConstantsProgress)` after each chunk, so the CLI and the QGIS plugin can say what is happening
+  and how long it will take.
 - A file that cannot be read, or whose shape or dtype is wrong (truncated, corrupt header, another writer's
   garbage), is logged and recomputed; bit flips inside the data are not detected (no checksum: hashing a
   1-2 GB grid on every load would cost more than the matmul it serves).
@@ -23,8 +27,12 @@ import json
 import logging
 import os
 import re
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +52,31 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 # model -> (tensor versions, key): hashing ~75 MB of paper-size encoders costs ~0.1 s, so memoise it and
 # recompute only when a tensor was modified in place (optimizer steps and load_state_dict bump _version).
 _KEY_MEMO: weakref.WeakKeyDictionary[GTLoc, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class ConstantsProgress:
+    """One step of building a constants set: `done` of `total` points of set `name`; `eta_s` the seconds left at
+    the rate so far (None before the first chunk is timed)."""
+
+    name: str
+    done: int
+    total: int
+    eta_s: float | None
+
+
+# The callback of the innermost `reporting` block of this thread (a ContextVar: worker threads do not share it).
+_REPORT: ContextVar[Callable[[ConstantsProgress], None] | None] = ContextVar("gtloc_constants_report", default=None)
+
+
+@contextmanager
+def reporting(callback: Callable[[ConstantsProgress], None]) -> Iterator[None]:
+    """Every constants set built (not read from the cache) inside the block reports its progress to `callback`."""
+    token = _REPORT.set(callback)
+    try:
+        yield
+    finally:
+        _REPORT.reset(token)
 
 
 def default_cache_root() -> Path:
@@ -107,13 +140,22 @@ def _cached(model: GTLoc, points: np.ndarray, name: str, cache_dir: str | Path |
         except (ValueError, OSError, EOFError) as exc:
             log.warning("constants cache %s is unreadable (%s); recomputing", path, exc)
 
+    report = _REPORT.get()
+
     def write(tmp: Path) -> None:
         # Filled chunk by chunk into a memory-mapped .npy: a 1M-point grid never sits in memory twice.
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(points), dim))
+        started = time.monotonic()
+        if report is not None:
+            report(ConstantsProgress(name, 0, len(points), None))
         with torch.inference_mode():
             for i in range(0, len(points), ENCODE_CHUNK):
                 chunk = torch.as_tensor(points[i:i + ENCODE_CHUNK], dtype=torch.float32)
                 out[i:i + ENCODE_CHUNK] = encode(chunk).float().cpu().numpy()
+                if report is not None:
+                    done = min(i + ENCODE_CHUNK, len(points))
+                    rate = done / max(time.monotonic() - started, 1e-9)
+                    report(ConstantsProgress(name, done, len(points), (len(points) - done) / rate))
         out.flush()
         del out
 

@@ -1,8 +1,14 @@
-"""Photos -> results GeoPackage: the one pipeline behind `gtloc predict --out X.gpkg` and the QGIS worker.
+"""Photos -> results GeoPackage (or PostGIS case): the one pipeline behind `gtloc predict --out X.gpkg` and the QGIS
+worker; gtloc_engine/cluster.py runs it on chunks of photos across a Dask cluster.
 
 For each photo: sha256, EXIF claims, image embedding (decoded on worker threads, backbone run in batches),
 location posterior (top-k candidates, global surface, credible regions, optional GeoTIFFs), time posterior
-(conditioned on the claimed place when there is one), claim check and verdict; one row per photo path.
+(conditioned on the claimed place when there is one), claim check and verdict, the sun at the claimed place and time
+and its check against the time posterior (inference/sun_check.py); one row per photo path. The claim check scores
+a claimed place at the point itself on the model's cached grid (SurfaceMaker.score_place), so its level, evidence
+and verdict are the same at every global_res_deg (recorded as surface_res_deg). Into a GeoPackage, each photo also
+gets a thumbnail and a time-posterior plot in `<case>_thumbs/` beside it (io/thumbnails.py; a thumbnail, named by
+the photo's bytes, is reused when it exists).
 
 Where given when: with `given_time` (a known local capture time, e.g. when the photo was posted), every photo's
 location surface is that of the it2g head, the fused image + time query normalize(image + time_emb(t)) against
@@ -16,24 +22,29 @@ transaction as soon as the batch is done (io/geopackage.py), so a cancel, crash 
 
 map_time_local (for QGIS's Temporal Controller) is the claimed local time, else the predicted month position and
 hour placed in the reference year 2001 (not a leap year: its 365 days match the paper's 365/12-day months);
-map_time is that time in UTC where the photo's UTC offset is known (claimed_utc_offset_min), else null.
+map_time is that time in UTC where the photo's UTC offset is known (claimed_utc_offset_min: its own, or the claimed
+place's zone's; utc_offset_source says which), else null.
 
 Public surface:
-    PipelineConfig        verdict thresholds, surface, region and raster settings (data)
+    PipelineConfig        verdict thresholds, surface, region, raster and sun-check settings (data)
     PredictSummary        what a run did; .to_json()
     PhotoPipeline         loads the checkpoint once; .run(photos, out_gpkg, ...) -> PredictSummary
+    StageProfile          wall seconds per stage of a run (set PhotoPipeline.profile; off by default, no cost off)
     predict_to_geopackage PhotoPipeline(model_path, ...).run(photos, out_gpkg, ...)
 """
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +54,17 @@ import torch
 from shapely.geometry import Point
 
 from gtloc_engine.errors import BadPhotoError, GtlocError
-from gtloc_engine.inference.claims import TIME_GIVEN_IMAGE, TIME_GIVEN_PLACE, VerdictThresholds, verify_claims
+from gtloc_engine.inference.claims import (TIME_GIVEN_IMAGE, TIME_GIVEN_PLACE, VerdictThresholds, grid_credible_levels,
+                                           verify_claims)
 from gtloc_engine.inference.predictor import HOUR_BINS, IT2G_UNTRAINED_NOTE, MONTH_BINS, Predictor, TimeEstimate
 from gtloc_engine.inference.regions import RegionConfig, credible_regions
+from gtloc_engine.inference.sun_check import SunCheckConfig, check_sun
 from gtloc_engine.io.batches import iter_pixel_batches
 from gtloc_engine.io.exif import ExifClaims, read_exif_claims
-from gtloc_engine.io.geopackage import PHOTO_FIELDS, ResultsStore
+from gtloc_engine.io.geopackage import PHOTO_FIELDS
 from gtloc_engine.io.photos import check_photo_file, file_sha256, iter_photo_paths
+from gtloc_engine.io.thumbnails import thumbnails_dir, write_thumbnail, write_time_plot
+from gtloc_engine.io.store import Store, open_store
 from gtloc_engine.io.results_schema import (MAP_TIME_CLAIM, MAP_TIME_PREDICTION, MAP_TIME_REFERENCE_YEAR,
                                             utc_datetime_text)
 from gtloc_engine.model.checkpoint import load_checkpoint
@@ -70,13 +85,14 @@ class PipelineConfig:
     regional_modes: int = 3  # regional surfaces (rasters only) around the global surface's strongest modes
     regional_cell_km: float = 1.0
     regions: RegionConfig = field(default_factory=RegionConfig)  # at most max_polygons polygons per level
+    sun: SunCheckConfig = field(default_factory=SunCheckConfig)  # when a claim's light regime disagrees
 
 
 @dataclass
 class PredictSummary:
     """What one run did: photos seen, newly done (computed or copied from a duplicate), skipped, failed."""
 
-    out_gpkg: Path
+    out_gpkg: Path | str  # the results GeoPackage, or the PostGIS case's target (io/store.py)
     n_photos: int = 0
     n_done: int = 0
     n_skipped: int = 0
@@ -90,6 +106,41 @@ class PredictSummary:
                 "n_skipped": self.n_skipped, "n_failed": self.n_failed,
                 "failures": [{"path": p, "reason": r} for p, r in self.failures], "rasters": list(self.rasters),
                 "cancelled": self.cancelled}
+
+
+class StageProfile:
+    """Wall seconds and calls per named stage of PhotoPipeline.run, summed over the runs it is attached to
+    (bench/bench_analyst_path.py). Stages nest: 'regional_surfaces' runs inside 'rasters', for example."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def timed(self, items: Iterable, name: str) -> Iterator:
+        """The items of an iterator, the wait for each one counted as `name` (e.g. decoding on worker threads)."""
+        it = iter(items)
+        while True:
+            with self.stage(name):
+                item = next(it, _END)
+            if item is _END:
+                return
+            yield item
+
+
+_END = object()
+_NO_STAGE = contextlib.nullcontext()  # reusable: what PhotoPipeline._stage returns when no profile is attached
 
 
 @dataclass
@@ -122,11 +173,29 @@ class PhotoPipeline:
         self.predictor = Predictor(self.model, gallery_latlon_deg=np.empty((0, 2)), cache_dir=cache_dir,
                                    time_gallery_fields=time_gallery_fields, global_res_deg=config.global_res_deg)
         self._given: tuple[str, torch.Tensor] | None = None  # the known time of the current run (where given when)
+        self.profile: StageProfile | None = None  # per-stage wall seconds (bench); None: not measured
+
+    def _stage(self, name: str):
+        return _NO_STAGE if self.profile is None else self.profile.stage(name)
+
+    def _lap(self, name: str, t0: float) -> float:
+        """Counts the seconds since t0 as the stage `name` (for stages too long to indent under _stage); now."""
+        if self.profile is None:
+            return 0.0
+        now = time.perf_counter()
+        self.profile.add(name, now - t0)
+        return now
 
     @property
     def surface_maker(self):
         """The predictor's (built on first use: its grid constants are only needed for places)."""
         return self.predictor.surface_maker
+
+    def warm_up(self) -> None:
+        """Build (or read from the cache) every model constant a run needs, now rather than inside the first photo:
+        callers wrap it in constants.reporting() to say what a first run of a new model waits for."""
+        if self.heads.get("location"):
+            self.surface_maker  # noqa: B018  (the property builds the grid constants)
 
     def run(self, photos: Sequence[str | os.PathLike], out_gpkg: str | os.PathLike, *,
             rasters_dir: str | os.PathLike | None = None, batch_size: int = 16, workers: int = 2,
@@ -142,13 +211,13 @@ class PhotoPipeline:
         paths = [p for p in iter_photo_paths(photos) if rasters is None or not _is_inside(p, rasters)]
         if not paths:
             raise GtlocError(f"no photos found in {' '.join(map(str, photos))}; pass photo files or folders")
-        store = ResultsStore.open(out_gpkg)
+        store = open_store(out_gpkg)  # a results GeoPackage or a PostGIS case (io/store.py)
         try:
             return self._run(store, paths, rasters, batch_size, workers, progress, cancel)
         finally:
             store.close()  # commits what the last batch left, also on cancel or an exception
 
-    def _run(self, store: ResultsStore, paths: list[Path], rasters: Path | None, batch_size: int, workers: int,
+    def _run(self, store: Store, paths: list[Path], rasters: Path | None, batch_size: int, workers: int,
              progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> PredictSummary:
         summary = PredictSummary(out_gpkg=store.path, n_photos=len(paths))
         tick = _Ticker(len(paths), progress)
@@ -174,19 +243,26 @@ class PhotoPipeline:
         batches = iter_pixel_batches([group[0].path for group in groups], backbone.preprocess, batch_size=batch_size,
                                      workers=workers, draft_px=backbone.image_size)
         try:
-            for batch in batches:
+            for batch in (batches if self.profile is None else self.profile.timed(batches, "decode")):
                 for i, reason in batch.failures:
                     self._fail(store, summary, groups[i], reason)
                 if batch.pixels is not None:
                     with torch.inference_mode():
-                        emb = self.model.embed_images(batch.pixels).numpy()
+                        if self.profile is None or batch.pixels.ndim != 4:
+                            emb = self.model.embed_images(batch.pixels).numpy()
+                        else:  # embed_images in its two steps, timed apart
+                            with self.profile.stage("forward"):
+                                features = self.model.image_features(batch.pixels)
+                            with self.profile.stage("adapter"):
+                                emb = self.model.embed_features(features).numpy()
                     for i, image_emb in zip(batch.indices, emb):
                         try:
                             self._analyse(store, summary, groups[i], image_emb, rasters)
                         except GtlocError as exc:  # e.g. a raster that cannot be written: this photo only
                             self._fail(store, summary, groups[i], str(exc))
                 n_finished = sum(len(groups[i]) for i in [*batch.indices, *(j for j, _ in batch.failures)])
-                store.commit()  # one transaction per batch, before the progress report: "n done" can be read
+                with self._stage("gpkg_write"):
+                    store.commit()  # one transaction per batch, before the progress report: "n done" can be read
                 tick(n_finished)
                 if cancel is not None and cancel.is_set():
                     summary.cancelled = True
@@ -218,14 +294,14 @@ class PhotoPipeline:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             yield from pool.map(job, paths)
 
-    def _fail(self, store: ResultsStore, summary: PredictSummary, group: list[_Photo], reason: str) -> None:
+    def _fail(self, store: Store, summary: PredictSummary, group: list[_Photo], reason: str) -> None:
         for photo in group:
             log.error("error: %s", reason)
             store.set_failure(photo.key, reason)
             summary.failures.append((photo.key, reason))
             summary.n_failed += 1
 
-    def _analyse(self, store: ResultsStore, summary: PredictSummary, group: list[_Photo], image_emb: np.ndarray,
+    def _analyse(self, store: Store, summary: PredictSummary, group: list[_Photo], image_emb: np.ndarray,
                  rasters_dir: Path | None) -> None:
         """Posteriors, claim check, rasters for one photo's bytes; rows for every path that holds them."""
         first = group[0]
@@ -239,11 +315,9 @@ class PhotoPipeline:
         row.update(sha256=first.sha256, model_sha256=self.model_sha256,
                    processed_at_utc=dt.datetime.now(dt.UTC).isoformat())
         _put_claims(row, claims)
-        candidates, regions, place_level, top_latlon = [], [], None, None
+        candidates, regions, place_score, top_latlon = [], [], None, None
 
         if self.heads.get("location"):
-            from gtloc_engine.inference.surfaces import credible_level
-
             given_emb = None
             row["place_given"] = "image"
             if self._given is not None:  # where given when: the fused image + time query (it2g)
@@ -254,29 +328,40 @@ class PhotoPipeline:
             # The one definition of a photo's places (Predictor.place_candidates, as the JSON output): the surface's
             # modes, far enough apart to be different places on the map, each with the mass within radius_km.
             place_query, head = self.predictor.place_query(image_emb, given_emb)
-            surface, modes = self.predictor.place_candidates(image_emb, self.top_k, given_emb)
+            with self._stage("global_surface_candidates"):
+                surface, modes = self.predictor.place_candidates(image_emb, self.top_k, given_emb)
             for mode in modes:
                 candidates.append({"sha256": first.sha256, "rank": mode.rank, "probability": mode.probability,
                                    "radius_km": mode.radius_km, "lat_deg": mode.lat_deg, "lon_deg": mode.lon_deg,
                                    "geometry": Point(mode.lon_deg, mode.lat_deg)})
             top_latlon = (candidates[0]["lat_deg"], candidates[0]["lon_deg"])
             row.update(pred_lat_deg=top_latlon[0], pred_lon_deg=top_latlon[1], top1_prob=candidates[0]["probability"])
-            for region in credible_regions(surface, levels=self.config.credible_levels, config=self.config.regions):
+            with self._stage("regions"):
+                drawn = credible_regions(surface, levels=self.config.credible_levels, config=self.config.regions)
+            for region in drawn:
                 regions.append({"sha256": first.sha256, "level": float(region.level),
                                 "area_km2": float(region.area_km2), "mass": float(region.mass),
                                 "geometry": region.geometry})
-            if claims.has_place:
-                place_level = credible_level(surface, claims.lat_deg, claims.lon_deg)
+            row["surface_res_deg"] = surface.res_deg
+            if claims.has_place:  # on the model's cached grid, the claimed point itself: the same at every res_deg
+                with self._stage("claim_place_score"):
+                    place_score = self.surface_maker.score_place(place_query, claims.lat_deg, claims.lon_deg,
+                                                                 head=head,
+                                                                 region_level=self.config.thresholds.consistent_below)
             if rasters_dir is not None:
-                self._write_rasters(row, summary, surface, place_query, head, first, rasters_dir)
+                with self._stage("rasters"):
+                    self._write_rasters(row, summary, surface, place_query, head, first, rasters_dir)
         else:
             notes.append("location head not trained: no place prediction")
 
         grid = estimate = None
+        t0 = time.perf_counter() if self.profile is not None else 0.0
         if self.heads.get("time"):
             if claims.has_place and self.heads.get("location"):
                 grid = self.predictor.time_posterior_given_place(image_emb[None], [[claims.lat_deg, claims.lon_deg]])
                 row["time_given"] = TIME_GIVEN_PLACE
+                # Kept beside it so an analyst can see what the pixels alone say (the QGIS time dock shows both).
+                row["time_posterior_image"] = _coarse_time_json(self.predictor.time_posterior(image_emb[None])[0])
             else:
                 grid = self.predictor.time_posterior(image_emb[None])
                 row["time_given"] = TIME_GIVEN_IMAGE
@@ -285,13 +370,22 @@ class PhotoPipeline:
             _put_time(row, estimate)
         else:
             notes.append("time head not trained: no time prediction")
+        t0 = self._lap("time_posterior", t0)
 
-        report = verify_claims(claims, place_level=place_level, pred_latlon_deg=top_latlon, time_grid=grid,
+        report = verify_claims(claims, place=place_score, pred_latlon_deg=top_latlon, time_grid=grid,
                                time_estimate=estimate, heads_trained=self.heads, thresholds=self.config.thresholds)
         row.update({name: getattr(report, name) for name in (
-            "place_level", "place_dist_km", "place_in_90", "place_verdict", "time_level", "claim_month_err",
-            "claim_hour_err", "time_verdict", "verdict")})
+            "place_level", "place_evidence", "place_dist_km", "place_in_90", "place_verdict", "time_level",
+            "time_evidence", "claim_month_err", "claim_hour_err", "time_verdict", "verdict")})
         notes += report.notes
+        self._lap("claims", t0)
+        with self._stage("sun_check"):  # the sun at the claimed place and time vs the time posterior
+            sun = check_sun(claims, grid, self.config.sun)
+        row.update(sun.fields())
+        notes += sun.notes
+        if isinstance(store.path, Path):  # a GeoPackage: pictures for the QGIS form go beside it
+            with self._stage("thumbnails"):
+                notes += self._write_pictures(row, thumbnails_dir(store.path), first, claims, estimate)
         row["notes"] = "; ".join(notes) or None
         if claims.has_place:
             row.update(point_source="claim", geometry=Point(claims.lon_deg, claims.lat_deg))
@@ -299,12 +393,37 @@ class PhotoPipeline:
             row.update(point_source="prediction", geometry=Point(top_latlon[1], top_latlon[0]))
         _put_map_time(row, claims, estimate)
 
-        store.set_embedding(first.sha256, self.model_sha256, image_emb)
-        for photo in group:
-            keyed = {"path": photo.key}
-            store.set_results(photo.key, {**row, **keyed, "file_name": photo.path.name},
-                              [{**c, **keyed} for c in candidates], [{**r, **keyed} for r in regions])
-            summary.n_done += 1
+        with self._stage("gpkg_write"):
+            store.set_embedding(first.sha256, self.model_sha256, image_emb)
+            for photo in group:
+                keyed = {"path": photo.key}
+                store.set_results(photo.key, {**row, **keyed, "file_name": photo.path.name},
+                                  [{**c, **keyed} for c in candidates], [{**r, **keyed} for r in regions])
+                summary.n_done += 1
+
+    def _write_pictures(self, row: dict, folder: Path, photo: _Photo, claims: ExifClaims,
+                        estimate: TimeEstimate | None) -> list[str]:
+        """The thumbnail (reused: it depends on the bytes alone) and the time plot (rewritten: it depends on the
+        model) into row['thumbnail'] / row['time_plot']; notes for what could not be written (the results stand)."""
+        notes = []
+        try:
+            row["thumbnail"] = str(write_thumbnail(photo.path, folder / f"{photo.sha256}.jpg"))
+        except (BadPhotoError, OSError) as exc:
+            notes.append(f"thumbnail not written ({exc})")
+        if estimate is not None:
+            claim = None
+            if claims.has_time:
+                claimed = parse_time(claims.local_datetime)
+                claim = (claimed.month_pos, claimed.hour_local)
+            try:
+                # The 12 x 24 grid of the time_posterior field (less speckled than 48 x 48), shaded by credible level.
+                shade = 1.0 - grid_credible_levels(_coarse_time_grid(estimate.grid))
+                row["time_plot"] = str(write_time_plot(
+                    folder / f"{photo.sha256}_{self.model_sha256[:12]}_time.png", shade, claim,
+                    (estimate.month_pos, estimate.hour_local), _time_plot_caption(row, claims, estimate)))
+            except OSError as exc:
+                notes.append(f"time plot not written ({exc})")
+        return notes
 
     def _write_rasters(self, row: dict, summary: PredictSummary, surface, place_query: np.ndarray, head: str,
                        photo: _Photo, rasters_dir: Path) -> None:
@@ -312,13 +431,15 @@ class PhotoPipeline:
 
         stem = f"{_SAFE_NAME_RE.sub('_', photo.path.stem)[:40]}_{photo.sha256[:12]}_{self.model_sha256[:8]}"
         tags = {"photo_sha256": photo.sha256, "model_sha256": self.model_sha256}
-        global_path = write_surface_geotiff(rasters_dir / f"{stem}_global.tif", surface, tags=tags)
-        regional_paths = [
-            write_surface_geotiff(rasters_dir / f"{stem}_regional_{k}.tif", regional, tags=tags)
-            for k, regional in enumerate(self.surface_maker.regional_surfaces(
+        with self._stage("raster_global_write"):
+            global_path = write_surface_geotiff(rasters_dir / f"{stem}_global.tif", surface, tags=tags)
+        with self._stage("regional_surfaces"):
+            regionals = self.surface_maker.regional_surfaces(
                 place_query, surface, n_modes=self.config.regional_modes, cell_km=self.config.regional_cell_km,
-                head=head), start=1)
-        ]
+                head=head)
+        with self._stage("raster_regional_write"):
+            regional_paths = [write_surface_geotiff(rasters_dir / f"{stem}_regional_{k}.tif", regional, tags=tags)
+                              for k, regional in enumerate(regionals, start=1)]
         row["raster_global"] = str(global_path)
         row["raster_regional"] = json.dumps([str(p) for p in regional_paths]) if regional_paths else None
         summary.rasters += [str(global_path), *map(str, regional_paths)]
@@ -333,15 +454,42 @@ def _put_claims(row: dict, claims: ExifClaims) -> None:
     if claims.has_time:
         row["claimed_time_local"] = claims.local_datetime.isoformat()
     row["claimed_utc_offset_min"] = claims.utc_offset_min
+    row.update(place_source=claims.place_source, time_source=claims.time_source,
+               utc_offset_source=claims.utc_offset_source, claimed_time_zone=claims.time_zone)
+
+
+def _time_plot_caption(row: dict, claims: ExifClaims, estimate: TimeEstimate) -> str:
+    """Two lines: what the posterior is given (and the time verdict), then the most likely and the claimed time."""
+    given = "given the claimed place" if row.get("time_given") == TIME_GIVEN_PLACE else "from the image alone"
+    if row.get("time_verdict"):
+        given += f": {row['time_verdict']}"
+    most_likely = f"x likeliest {_month_hour_text(estimate.month_pos, estimate.hour_local)}"
+    if not claims.has_time:
+        return f"{given}\n{most_likely}   no time claimed"
+    claimed = parse_time(claims.local_datetime)
+    return f"{given}\n{most_likely}   o claim {_month_hour_text(claimed.month_pos, claimed.hour_local)}"
+
+
+def _month_hour_text(month_pos: float, hour_local: float) -> str:
+    minutes = int(hour_local * 60) % (24 * 60)
+    return f"{calendar.month_abbr[int(month_pos) % 12 + 1]} {minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _coarse_time_grid(grid: np.ndarray) -> np.ndarray:
+    """48 x 48 month x hour bins summed to 12 months x 24 hours."""
+    return np.asarray(grid).reshape(12, MONTH_BINS // 12, 24, HOUR_BINS // 24).sum(axis=(1, 3))
+
+
+def _coarse_time_json(grid: np.ndarray) -> str:
+    """A month x hour posterior as the JSON field: 12 months x 24 hours (_coarse_time_grid), small enough for a
+    JSON field, fine enough for a chart."""
+    return json.dumps(np.round(_coarse_time_grid(grid), 6).tolist(), separators=(",", ":"))
 
 
 def _put_time(row: dict, estimate: TimeEstimate) -> None:
-    # 48 x 48 bins summed to 12 months x 24 hours: small enough for a JSON field, fine enough for a chart.
-    coarse = estimate.grid.reshape(12, MONTH_BINS // 12, 24, HOUR_BINS // 24).sum(axis=(1, 3))
     row.update(pred_month=int(estimate.month_pos) + 1, pred_month_pos=estimate.month_pos,
                pred_hour_local=estimate.hour_local, month_spread=estimate.month_spread,
-               hour_spread=estimate.hour_spread,
-               time_posterior=json.dumps(np.round(coarse, 6).tolist(), separators=(",", ":")))
+               hour_spread=estimate.hour_spread, time_posterior=_coarse_time_json(estimate.grid))
 
 
 def _put_map_time(row: dict, claims: ExifClaims, estimate: TimeEstimate | None) -> None:

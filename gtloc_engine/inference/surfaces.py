@@ -13,8 +13,19 @@ Cost per photo (everything after the image embedding); the location encoder runs
   once per model by constants.py) gives scores by one matvec; they are upsampled bicubically (longitudes wrap,
   latitudes clamp at the poles) to the requested resolution (default 0.25, down to 0.05 deg); then the
   densest coarse cells, within a budget of `refine_points` encoder evaluations, are re-scored exactly at the
-  fine cell centres. A 0.25 deg cache (1.04M cells) would cost 2.1 GB on disk and ~0.4 s of memory traffic per
-  photo at D=512, for detail the regional surfaces give better.
+  fine cell centres. A resolution coarser than the cache's (1, 2 deg: a multiple of it) sums blocks of cached
+  cells' masses, so every resolution is read from the same cached grid. A 0.25 deg cache (1.04M cells) would cost
+  2.1 GB on disk and ~0.4 s of memory traffic per photo at D=512, for detail the regional surfaces give better.
+- Claim check (`score_place`): the place's credible level and evidence are computed on the cached grid itself
+  (`grid_surface`: exact scores at every cell centre, no interpolation), with the location encoder evaluated at the
+  place exactly and normalised by the grid's log_norm: density_per_km2 = exp(score - log_norm) / R^2, comparable
+  to every cell's. The level is then the mass of the grid cells denser than the place, which does not depend on
+  the requested resolution at all (measured before: the claimed point's own 1 deg vs 0.25 deg cell gave levels
+  0.996 vs 0.618 for one trained tiny-model photo). Measured against exact scores on a 0.1 deg grid, the cached
+  0.5 deg grid's levels are within 0.01 for the tiny test models (the bicubic 0.25 deg surface, by contrast, is
+  off by up to 0.2 for mid-range levels: interpolation smooths the scores the exact claim is compared with).
+  One matvec over the cache per photo with a place claim, none when the photo's global surface was just drawn
+  (its cached-grid scores are kept for the last batch of queries).
 - Regional surfaces (~1 km cells): one window per mode, centred on the mode's cell, `regional_half_km` (50 km)
   each way, or 1.5 global cells if that is more (so that the window holds the mode's cell and its neighbours,
   where the continuous peak lies): 2 * 50 + 1 = 101 rows of cell_km / 111.19 deg at the default 0.25 deg, and
@@ -26,11 +37,23 @@ Cost per photo (everything after the image embedding); the location encoder runs
   (shortest period = 1 / the largest row norm of B, in Equal Earth units: ~20 km at the equator for sigma 2^8),
   so the lattice takes `samples_per_period` (4) samples per shortest period along each axis, converted to km
   through the local Jacobian of the projection (denser at high latitudes, where Equal Earth stretches
-  longitudes). ReLU harmonics above that band are smoothed: measured against exact evaluation, the masses
-  differ by 2-5% (L1, tiny model; bench/bench_surfaces.py). `regional_sample_km <= cell_km` evaluates every cell.
+  longitudes); one encoder call takes all of a photo's windows. ReLU harmonics above that band are smoothed:
+  measured against exact evaluation, the masses differ by 2-5% (L1, tiny model; bench/bench_surfaces.py).
+  `regional_sample_km <= cell_km` evaluates every cell.
 - Modes (`find_candidates`): greedy non-maximum suppression on density: the densest cell, then the densest cell
   farther than 2 * radius_km from every chosen one, and so on. A candidate's probability is the mass within
   radius_km of it (discs do not overlap, so probabilities sum to at most 1).
+
+Public surface:
+    PLACE_HEADS, SPHERE_AREA_KM2
+    SurfaceConfig        how surfaces are computed (data)
+    SurfaceMaker         global_surface(s), grid_surface, regional_surfaces, scores_at, score_place
+    PlaceScore           a place's credible level, density, evidence against the uniform prior, region area
+    Candidate            a mode: rank, place, probability within radius_km
+    find_candidates      top-k modes of a surface
+    credible_level       mass of the cells denser than a place (its cell's density or an exact one)
+    credible_area_km2    area of the smallest credible region of a given mass
+    upsample_scores, shortest_fourier_period, equal_earth_units_per_km
 """
 
 from __future__ import annotations
@@ -44,12 +67,14 @@ import torch.nn.functional as F
 
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.geo import (
-    KM_PER_DEG_LAT, Surface, equal_earth, global_centres_latlon, grid_rows, haversine_km, row_area_sr, wrap_lon_deg,
+    EARTH_RADIUS_KM, KM_PER_DEG_LAT, Surface, equal_earth, global_centres_latlon, grid_rows, haversine_km, row_area_sr,
+    wrap_lon_deg,
 )
 from gtloc_engine.inference.constants import cached_location_embeddings, model_key
 from gtloc_engine.model.gtloc import GTLoc
 
 PLACE_HEADS = ("img_gps", "it2g")  # the heads whose keys are places: a surface can be drawn for either
+SPHERE_AREA_KM2 = 4.0 * math.pi * EARTH_RADIUS_KM**2  # 510.1 million km2: the uniform prior's support
 
 
 @dataclass
@@ -69,6 +94,23 @@ class SurfaceConfig:
                 or (self.regional_sample_km is not None and self.regional_sample_km <= 0):
             raise GtlocError(f"surface config {self} has a non-positive size; use positive resolutions and radii")
         return self
+
+
+@dataclass(frozen=True)
+class PlaceScore:
+    """How a place fares in a photo's location posterior, computed on the cached grid (SurfaceMaker.score_place).
+
+    level: mass of the grid cells denser than the place (its credible level); density_per_km2: the posterior
+    density at the place itself; evidence: that density over the uniform prior's (1 / the sphere's area), i.e.
+    p(place | image) / p(place), the likelihood ratio of the place against a place drawn uniformly on the globe;
+    region_area_km2: area of the smallest region_level credible region; res_deg: the grid's cell size."""
+
+    level: float
+    density_per_km2: float
+    evidence: float
+    region_level: float
+    region_area_km2: float
+    res_deg: float
 
 
 @dataclass
@@ -138,14 +180,49 @@ def find_candidates(surface: Surface, k: int = 5, *, radius_km: float = 100.0) -
     return out
 
 
-def credible_level(surface: Surface, lat_deg: float, lon_deg: float) -> float:
-    """Mass of the cells denser than the place's cell: the mass of the smallest credible region that contains it
-    (the place is inside the 90% region iff this is < 0.9). 1.0 for a place outside the surface."""
+def credible_level(surface: Surface, lat_deg: float, lon_deg: float, *, density_per_km2: float | None = None
+                   ) -> float:
+    """Mass of the cells denser than the place: the mass of the smallest credible region that contains it (the
+    place is inside the 90% region iff this is < 0.9). The place's density is `density_per_km2` where the caller
+    evaluated it exactly (SurfaceMaker.score_place), else its cell's. 1.0 for a place outside the surface."""
     cell = surface.cell_index(lat_deg, lon_deg)
     if cell is None:
         return 1.0
     density = surface.density_per_km2
-    return float(surface.mass_per_cell[density > density[cell]].sum(dtype=np.float64))
+    threshold = density[cell] if density_per_km2 is None else np.float32(density_per_km2)
+    return float(surface.mass_per_cell[density > threshold].sum(dtype=np.float64))
+
+
+def credible_area_km2(surface: Surface, level: float) -> float:
+    """Area of the smallest credible region of mass `level`: the densest cells, taken until their mass reaches it
+    (the cells whose credible level is below `level`)."""
+    density = surface.density_per_km2.ravel()
+    order = np.argsort(-density, kind="stable")
+    mass_before = np.cumsum(surface.mass_per_cell.ravel()[order], dtype=np.float64)
+    mass_before -= surface.mass_per_cell.ravel()[order]
+    area = np.broadcast_to(surface.cell_area_km2, surface.shape).ravel()[order]
+    return float(area[mass_before < level].sum(dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class _RegionalWindow:
+    """A regional surface's cells (shape, north-west corner, cell size) and the lattice its encoder scores are taken
+    on (lattice_latlon_deg: lattice_shape points, row-major)."""
+
+    lattice_latlon_deg: np.ndarray
+    lattice_shape: tuple[int, int]
+    shape: tuple[int, int]
+    west_deg: float
+    north_deg: float
+    res_deg: float
+
+
+def _normalised(log_mass: np.ndarray, west_deg: float, north_deg: float, res_deg: float, model_key: str) -> Surface:
+    """A global Surface from unnormalised log masses (score + log cell area): masses sum to 1, log_norm kept."""
+    log_mass = torch.from_numpy(np.asarray(log_mass, dtype=np.float64))
+    log_norm = float(torch.logsumexp(log_mass.ravel(), dim=0))
+    mass = torch.exp(log_mass - log_norm).numpy().astype(np.float32)
+    return Surface(mass, west_deg, north_deg, res_deg, "global", model_key, log_norm)
 
 
 class SurfaceMaker:
@@ -156,24 +233,29 @@ class SurfaceMaker:
         self.model = model.eval()
         self.config = (config or SurfaceConfig()).validate()
         fine_rows = grid_rows(global_res_deg, "global resolution")
-        coarse_res_deg = max(self.config.coarse_res_deg, global_res_deg)
+        coarse_res_deg = self.config.coarse_res_deg
         coarse_rows = grid_rows(coarse_res_deg, "cached grid resolution")
-        if fine_rows % coarse_rows:
+        if fine_rows % coarse_rows and coarse_rows % fine_rows:
             raise GtlocError(f"global resolution {global_res_deg} deg must divide the cached grid's "
-                             f"{coarse_res_deg} deg; use e.g. 0.25, 0.1 or 0.05 with 0.5")
+                             f"{coarse_res_deg:g} deg or be a multiple of it; use e.g. 0.05, 0.1, 0.25, 0.5, 1 or 2")
         self.global_res_deg = global_res_deg
         self.coarse_res_deg = coarse_res_deg
-        self.factor = fine_rows // coarse_rows
+        self.factor = max(1, fine_rows // coarse_rows)  # > 1: upsampled (and refined) from the cached grid
+        self.block = max(1, coarse_rows // fine_rows)  # > 1: blocks of cached cells summed into one global cell
         self.model_key = model_key(model)
         # Per head: img_gps scores an image against places; it2g a fused image + time query (where given when).
         self.scales = {head: float(model.logit_scale(head).detach()) for head in PLACE_HEADS}
         self.coarse_shape = (coarse_rows, 2 * coarse_rows)
         self.coarse_emb = cached_location_embeddings(model, global_centres_latlon(coarse_res_deg),
                                                      name=f"grid-{coarse_res_deg:g}deg", cache_dir=cache_dir)
+        self.coarse_row_log_area = np.log(row_area_sr(90.0, coarse_res_deg, coarse_rows))
         self.fine_row_log_area = np.log(row_area_sr(90.0, global_res_deg, fine_rows))
         self.fourier_period = shortest_fourier_period(model)
         # The continuous peak near a mode lies in the mode's global cell or a neighbour: cover 1.5 cells each way.
         self.regional_half_km = max(self.config.regional_half_km, 1.5 * global_res_deg * KM_PER_DEG_LAT)
+        # The cached grid's scores of the last global_surfaces batch, per (head, query bytes): the claim check
+        # (grid_surface) of the same photo reads them instead of a second pass over the 530 MB grid.
+        self._coarse_scores: dict[tuple[str, bytes], np.ndarray] = {}
 
     def _query(self, image_emb: np.ndarray) -> np.ndarray:
         q = np.asarray(image_emb, dtype=np.float32).reshape(-1)
@@ -203,17 +285,49 @@ class SurfaceMaker:
         if qs is None:
             return []
         coarse = self.scales[head] * (np.asarray(self.coarse_emb) @ qs.T)  # (cells, N): the grid is read once
-        return [self._global_from_coarse(q, coarse[:, i].reshape(self.coarse_shape), head) for i, q in enumerate(qs)]
+        columns = [np.ascontiguousarray(coarse[:, i]).reshape(self.coarse_shape) for i in range(len(qs))]
+        self._coarse_scores = {(head, q.tobytes()): column for q, column in zip(qs, columns)}
+        return [self._global_from_coarse(q, column, head) for q, column in zip(qs, columns)]
+
+    def grid_surface(self, image_emb: np.ndarray, head: str = "img_gps") -> Surface:
+        """The whole globe on the cached grid (coarse_res_deg), every cell scored exactly at its centre; masses sum
+        to 1. Whatever global_res_deg is, this is the same surface: the claim check integrates on it."""
+        q = self._query(image_emb)
+        coarse = self._coarse_scores.get((head, q.tobytes()))
+        if coarse is None:
+            coarse = (self.scales[head] * (np.asarray(self.coarse_emb) @ q)).reshape(self.coarse_shape)
+        return _normalised(coarse.astype(np.float64) + self.coarse_row_log_area[:, None], -180.0, 90.0,
+                           self.coarse_res_deg, self.model_key)
+
+    def score_place(self, image_emb: np.ndarray, lat_deg: float, lon_deg: float, *, head: str = "img_gps",
+                    region_level: float = 0.9) -> PlaceScore:
+        """The claim check's numbers for one place (see PlaceScore): the encoder evaluated at the place itself,
+        against grid_surface's cells and normalisation, so that none of them depends on global_res_deg."""
+        grid = self.grid_surface(image_emb, head)
+        score = float(self.scores_at(image_emb, np.array([[lat_deg, lon_deg]]), head)[0])
+        # exp(score) is a density per steradian up to the grid's normaliser (module docstring).
+        density_per_km2 = math.exp(score - grid.log_norm) / EARTH_RADIUS_KM**2
+        return PlaceScore(
+            level=credible_level(grid, lat_deg, lon_deg, density_per_km2=density_per_km2),
+            density_per_km2=density_per_km2,
+            evidence=density_per_km2 * SPHERE_AREA_KM2,  # over the uniform prior's 1 / (4 pi R^2) per km2
+            region_level=region_level,
+            region_area_km2=credible_area_km2(grid, region_level),
+            res_deg=self.coarse_res_deg,
+        )
 
     def _global_from_coarse(self, q: np.ndarray, coarse: np.ndarray, head: str) -> Surface:
+        if self.block > 1:  # a coarser grid than the cache's: each cell's mass is the sum of its cached cells'
+            b, (hc, wc) = self.block, self.coarse_shape
+            log_mass = torch.from_numpy(coarse.astype(np.float64) + self.coarse_row_log_area[:, None])
+            block_log_mass = torch.logsumexp(log_mass.reshape(hc // b, b, wc // b, b), dim=(1, 3)).numpy()
+            return _normalised(block_log_mass, -180.0, 90.0, self.global_res_deg, self.model_key)
         scores = upsample_scores(coarse, self.factor)
         f = self.factor
         if f > 1 and self.config.refine_points >= f * f:
             scores = self._refine(q, scores, head)
-        log_mass = torch.from_numpy(scores.astype(np.float64) + self.fine_row_log_area[:, None])
-        log_norm = float(torch.logsumexp(log_mass.ravel(), dim=0))
-        mass = torch.exp(log_mass - log_norm).numpy().astype(np.float32)
-        return Surface(mass, -180.0, 90.0, self.global_res_deg, "global", self.model_key, log_norm)
+        return _normalised(scores.astype(np.float64) + self.fine_row_log_area[:, None], -180.0, 90.0,
+                           self.global_res_deg, self.model_key)
 
     def _refine(self, q: np.ndarray, scores: np.ndarray, head: str) -> np.ndarray:
         """Exact scores at the fine cells of the densest coarse cells, as many as refine_points allows."""
@@ -241,8 +355,13 @@ class SurfaceMaker:
         if cell_km <= 0:
             raise GtlocError(f"regional cell size {cell_km} km must be positive")
         modes = find_candidates(global_surface, n_modes, radius_km=self.config.candidate_radius_km)
-        return [self._regional(image_emb, m.lat_deg, m.lon_deg, cell_km, global_surface.log_norm, head)
-                for m in modes]
+        windows = [self._regional_window(m.lat_deg, m.lon_deg, cell_km) for m in modes]
+        # One encoder call for every window's lattice: larger batches run the encoder's matmuls faster.
+        sizes = [len(w.lattice_latlon_deg) for w in windows]
+        scores = self.scores_at(image_emb, np.concatenate([w.lattice_latlon_deg for w in windows]), head) \
+            if windows else np.zeros(0, np.float32)
+        return [self._regional_surface(w, lattice, global_surface.log_norm)
+                for w, lattice in zip(windows, np.split(scores, np.cumsum(sizes)[:-1]))]
 
     def regional_steps_km(self, lat_deg: float, lon_deg: float) -> tuple[float, float]:
         """Regional lattice spacing (north-south, east-west) in km at a place."""
@@ -252,8 +371,7 @@ class SurfaceMaker:
         step = self.fourier_period / self.config.samples_per_period
         return step / per_km_north, step / per_km_east
 
-    def _regional(self, image_emb: np.ndarray, lat_deg: float, lon_deg: float, cell_km: float,
-                  log_norm: float, head: str) -> Surface:
+    def _regional_window(self, lat_deg: float, lon_deg: float, cell_km: float) -> _RegionalWindow:
         res = cell_km / KM_PER_DEG_LAT
         half = max(1, round(self.regional_half_km / cell_km))
         n = 2 * half + 1
@@ -276,7 +394,14 @@ class SurfaceMaker:
         s_lat = np.linspace(lat_c[0], lat_c[-1], m_rows)
         s_lon = np.linspace(lon_c[0], lon_c[-1], m_cols)
         la, lo = np.meshgrid(s_lat, s_lon, indexing="ij")
-        lattice = self.scores_at(image_emb, np.stack((la.ravel(), lo.ravel()), axis=-1), head).reshape(m_rows, m_cols)
+        return _RegionalWindow(np.stack((la.ravel(), lo.ravel()), axis=-1), (m_rows, m_cols), (n_rows, n_cols),
+                               west, north, res)
+
+    def _regional_surface(self, window: _RegionalWindow, lattice_scores: np.ndarray, log_norm: float) -> Surface:
+        """The window's cells from its lattice's scores (bicubic where the lattice is coarser than the cells)."""
+        (m_rows, m_cols), (n_rows, n_cols) = window.lattice_shape, window.shape
+        west, north, res = window.west_deg, window.north_deg, window.res_deg
+        lattice = lattice_scores.reshape(m_rows, m_cols)
         if (m_rows, m_cols) == (n_rows, n_cols):
             scores = lattice
         else:

@@ -36,13 +36,15 @@ same process: GDAL carries its own SQLite, and its closing the file would drop t
 (sqlite.org/howtocorrupt.html, "multiple copies of SQLite"); read it from another process or with sqlite3.
 
 A file is recognised as ours by its gtloc_info table; any other existing file (another GeoPackage, a text file,
-a folder) is refused with one error line and never written to. A file of format version 1 (gtloc before the
-incremental store) is upgraded in place, in one transaction, when it is opened for writing.
+a folder) is refused with one error line and never written to. A file of an older format version (1: gtloc before
+the incremental store; 2: before the verdict 'inconclusive') is upgraded in place, in one transaction, when it is
+opened for writing (UPGRADES: one step per version; every schema column the file lacks is added).
 
 Public surface:
     PHOTO_FIELDS, CANDIDATE_FIELDS, REGION_FIELDS, FAILURE_FIELDS   field name -> kind (from results_schema)
     ResultsStore    ResultsStore.open(path) -> lookups, buffered writes, commit(), close()
     check_results_path  refuse a name that is not .gpkg or a file that is not ours, before any work starts
+    check_is_geopackage refuse a file that is not a GeoPackage (SQLite with gpkg_contents) before replacing it
     JOURNAL_MODES, JOURNAL_MODE
 """
 
@@ -50,7 +52,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import os
 import secrets
 import sqlite3
@@ -63,12 +64,15 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from gtloc_engine import __version__
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.io import results_schema as schema
+from gtloc_engine.io.rows import check_fields
+from gtloc_engine.io.rows import layer_geometry as _layer_geometry
+from gtloc_engine.io.rows import python_value as _python_value
+from gtloc_engine.io.rows import sql_value as _sql_value
 from gtloc_engine.io.results_schema import (  # noqa: F401  (re-exported: the store's field kinds and names)
     CANDIDATE_FIELDS,
     EMBEDDINGS_TABLE,
@@ -371,9 +375,7 @@ class ResultsStore:
 
     def _feature_params(self, table: schema.Table, row: dict) -> tuple:
         """(geometry blob, field values...) in column order, checked against the schema; the layer's extent grows."""
-        unknown = set(row) - {*table.field_names, "geometry"}
-        if unknown:
-            raise ValueError(f"{table.name} has no fields {sorted(unknown)}")
+        check_fields(table, row)
         geometry = _layer_geometry(table, row.get("geometry"))
         blob = None
         if geometry is not None:
@@ -475,82 +477,6 @@ def _st_is_empty(blob: bytes | None) -> int | None:
     if blob is None:
         return None
     return int(_envelope(blob) is None)
-
-
-def _layer_geometry(table: schema.Table, geometry) -> BaseGeometry | None:
-    """The geometry a layer stores: its own type (a Polygon becomes a MultiPolygon), or None for none/empty."""
-    if geometry is None:
-        return None
-    if not isinstance(geometry, BaseGeometry):
-        raise ValueError(f"{table.name} geometry must be a shapely geometry or None, got {type(geometry).__name__}")
-    if geometry.is_empty:
-        return None  # stored as NULL: an empty geometry has no place on the map
-    if table.geometry_type == "MULTIPOLYGON" and isinstance(geometry, Polygon):
-        geometry = MultiPolygon([geometry])
-    wanted = {"POINT": Point, "MULTIPOLYGON": MultiPolygon}[table.geometry_type]
-    if not isinstance(geometry, wanted):
-        raise ValueError(f"{table.name} stores {table.geometry_type} geometries, got {geometry.geom_type}")
-    return geometry
-
-
-# ---------------------------------------------------------------------------------------------- values
-
-
-def _sql_value(table: schema.Table, field: schema.Field, value):
-    """A Python value as the SQL value its field stores; ValueError for a kind or value the schema does not allow."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        if field.required:
-            raise ValueError(f"{table.name}.{field.name} must not be null")
-        return None
-    kind = field.kind
-    try:
-        if kind == "str":
-            if not isinstance(value, str):
-                raise TypeError
-            out = str(value)
-        elif kind == "float":
-            if isinstance(value, (str, bytes, bool)):
-                raise TypeError
-            out = float(value)
-            if math.isnan(out):
-                return None
-        elif kind == "int":
-            if isinstance(value, (str, bytes, float, bool)) or isinstance(value, np.bool_):
-                raise TypeError
-            out = int(value)
-        elif kind == "bool":
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError
-            out = int(bool(value))
-        elif kind == "datetime":
-            if isinstance(value, dt.datetime):
-                if value.tzinfo is None:
-                    raise ValueError(f"{table.name}.{field.name} is UTC: give an aware datetime or "
-                                     "'YYYY-MM-DDTHH:MM:SS.SSSZ', got a naive datetime")
-                out = schema.utc_datetime_text(value)
-            elif isinstance(value, str) and schema.is_utc_datetime_text(value):
-                out = value
-            else:
-                raise TypeError
-        else:  # blob
-            if not isinstance(value, (bytes, bytearray, memoryview)):
-                raise TypeError
-            out = bytes(value)
-    except (TypeError, OverflowError):
-        raise ValueError(f"{table.name}.{field.name} is {kind}, got {value!r}") from None
-    if field.allowed and out not in field.allowed:
-        raise ValueError(f"{table.name}.{field.name} must be one of {field.allowed} or null, got {out!r}")
-    return out
-
-
-def _python_value(field: schema.Field, value):
-    if value is None:
-        return None
-    if field.kind == "bool":
-        return bool(value)
-    if field.kind == "float":
-        return float(value)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- the file
@@ -707,6 +633,19 @@ def _on_network_drive(path: Path) -> bool:
     return fs_type.lower() in _NETWORK_FILE_SYSTEMS
 
 
+def check_is_geopackage(path: Path, what_to_do: str) -> None:
+    """GtlocError ('... is not a GeoPackage; <what_to_do>') unless `path` is a GeoPackage: SQLite with
+    gpkg_contents. Writers that replace a GeoPackage whole call it first, so they never overwrite another file."""
+    refuse = f"'{path}' exists and is not a GeoPackage; {what_to_do}"
+    if not path.is_file():
+        raise GtlocError(refuse)
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            db.execute("SELECT count(*) FROM gpkg_contents").fetchone()
+    except sqlite3.Error:
+        raise GtlocError(refuse) from None
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return any(word in str(exc).lower() for word in _BUSY_WORDS)
 
@@ -745,14 +684,16 @@ def _read_info(path: Path, *, read_only: bool) -> dict[str, str]:
 
 
 def _upgrade(db: sqlite3.Connection, path: Path) -> None:
-    """Bring a file of an older format version to FORMAT_VERSION in place, in one transaction."""
+    """Bring a file of an older format version to FORMAT_VERSION in place, in one transaction; a file of this
+    version that lacks fields added since it was written (adding a field alone keeps the version) gets them too."""
     version = int(dict(db.execute(f"SELECT key, value FROM {INFO_TABLE}").fetchall())["format_version"])
-    if version == FORMAT_VERSION:
+    if version == FORMAT_VERSION and not _missing_columns(db):
         return
     db.execute("BEGIN IMMEDIATE")
     try:
         for step in range(version, FORMAT_VERSION):
             UPGRADES[step](db)
+        _add_missing_columns(db)
         db.execute(f"UPDATE {INFO_TABLE} SET value = ? WHERE key = 'format_version'", (str(FORMAT_VERSION),))
         db.execute(f"UPDATE {INFO_TABLE} SET value = ? WHERE key = 'engine_version'", (__version__,))
         db.execute("UPDATE gpkg_contents SET last_change = strftime('%Y-%m-%dT%H:%M:%fZ','now') "
@@ -761,7 +702,10 @@ def _upgrade(db: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    log.info("'%s' upgraded from results format version %d to %d", path, version, FORMAT_VERSION)
+    if version == FORMAT_VERSION:
+        log.info("'%s': added the fields of this engine's results format that it lacked", path)
+    else:
+        log.info("'%s' upgraded from results format version %d to %d", path, version, FORMAT_VERSION)
 
 
 def _upgrade_1_to_2(db: sqlite3.Connection) -> None:
@@ -782,4 +726,32 @@ def _upgrade_1_to_2(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
-UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_1_to_2}  # from version -> step
+def _upgrade_2_to_3(db: sqlite3.Connection) -> None:
+    """Version 3 allows the verdict 'inconclusive' (place_verdict, time_verdict, verdict) and adds fields
+    (place_evidence, time_evidence, surface_res_deg, thumbnail, time_plot, and those added alongside): every column
+    of the schema that the file lacks is added, NULL in the rows already there. Those rows keep the verdicts the
+    version-2 rule gave them (which never said inconclusive); their NULL place_evidence / time_evidence tell them
+    apart until they are computed again."""
+    _add_missing_columns(db)
+
+
+def _missing_columns(db: sqlite3.Connection) -> list[tuple[schema.Table, schema.Field]]:
+    """(table, field) of every schema field whose column the file lacks."""
+    missing = []
+    for table in schema.TABLES:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({_quote(table.name)})")}
+        missing += [(table, f) for f in table.fields if f.name not in present]
+    return missing
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """ALTER TABLE ... ADD COLUMN for every missing schema field, NULL in existing rows; a missing NOT NULL field
+    cannot be added that way, and no version has added one."""
+    for table, f in _missing_columns(db):
+        if f.required:
+            raise GtlocError(f"results GeoPackage lacks the required column {table.name}.{f.name}; it cannot be "
+                             "upgraded in place: write to a new file")
+        db.execute(f"ALTER TABLE {_quote(table.name)} ADD COLUMN {_quote(f.name)} {f.sql_type}")
+
+
+UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}  # from version

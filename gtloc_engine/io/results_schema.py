@@ -13,8 +13,10 @@ UPGRADES in io/geopackage.py and docs/geopackage.md).
 
 Public surface:
     FORMAT, FORMAT_VERSION, GPKG_VERSION, GPKG_APPLICATION_ID, GPKG_USER_VERSION, SRS_ID
-    verdicts and other allowed values: CONSISTENT ... NO_CLAIM, VERDICTS, POINT_SOURCES, MAP_TIME_SOURCES,
+    verdicts and other allowed values: CONSISTENT ... NO_CLAIM, INCONCLUSIVE, VERDICTS, POINT_SOURCES, MAP_TIME_SOURCES,
         PLACE_GIVEN_VALUES, TIME_GIVEN_VALUES, DEFAULT_CREDIBLE_LEVELS
+    claim sources, in order of precedence: PLACE_SOURCES, TIME_SOURCES (WEAK_TIME_SOURCES), UTC_OFFSET_SOURCES
+    the sun check: LIGHT_REGIMES (DAY ... NIGHT), SUN_CHECKS (SUN_AGREES, SUN_DISAGREES, SUN_NOT_CHECKED)
     Field, Table, TABLES, table(name), SQL_TYPES
     PHOTOS, CANDIDATES, REGIONS, FAILURES, EMBEDDINGS, INFO          the tables
     PHOTO_FIELDS, CANDIDATE_FIELDS, REGION_FIELDS, FAILURE_FIELDS     field name -> kind
@@ -29,7 +31,7 @@ import re
 from dataclasses import dataclass
 
 FORMAT = "gtloc-results"
-FORMAT_VERSION = 2  # 2: map_time is UTC ('...Z') or null, map_time_local added; gtloc_info has an INTEGER key
+FORMAT_VERSION = 3  # 3: verdicts may be 'inconclusive'; 2: map_time is UTC or null, gtloc_info has an INTEGER key
 # GeoPackage 1.2 (application_id 'GPKG', user_version 10200): what QGIS 3.22's GDAL (3.6) opens without a
 # version warning; nothing here needs 1.3 or 1.4.
 GPKG_VERSION = "1.2"
@@ -42,8 +44,9 @@ FID_COLUMN = "fid"
 # -------------------------------------------------------------------------------------------- allowed values
 
 CONSISTENT, DOUBTFUL, INCONSISTENT, NO_CLAIM = "consistent", "doubtful", "inconsistent", "no claim"
-PART_VERDICTS = (CONSISTENT, DOUBTFUL, INCONSISTENT)  # place_verdict, time_verdict (null: not checked)
-VERDICTS = (*PART_VERDICTS, NO_CLAIM)  # verdict: the worse part, or 'no claim'
+INCONCLUSIVE = "inconclusive"  # the posterior is too diffuse, or the claim's evidence too weak, to judge the claim
+PART_VERDICTS = (CONSISTENT, DOUBTFUL, INCONSISTENT, INCONCLUSIVE)  # place_verdict, time_verdict (null: unchecked)
+VERDICTS = (*PART_VERDICTS, NO_CLAIM)  # verdict: the worst part (inference/claims.py SEVERITY), or 'no claim'
 POINT_CLAIM, POINT_PREDICTION = "claim", "prediction"
 POINT_SOURCES = (POINT_CLAIM, POINT_PREDICTION)
 MAP_TIME_CLAIM, MAP_TIME_PREDICTION = "claim", "prediction"
@@ -54,6 +57,33 @@ TIME_GIVEN_PLACE, TIME_GIVEN_IMAGE = "claimed place", "image only"
 TIME_GIVEN_VALUES = (TIME_GIVEN_PLACE, TIME_GIVEN_IMAGE)
 DEFAULT_CREDIBLE_LEVELS = (0.5, 0.9)  # regions.level written by default (PipelineConfig.credible_levels)
 MAP_TIME_REFERENCE_YEAR = 2001  # map_time_local of a predicted time: month position and hour placed in this year
+# Where a photo keeps its claims (io/exif.py reads them), each tuple in order of precedence: the first source that
+# holds a valid value is the claim, and place_source / time_source / utc_offset_source name it.
+PLACE_EXIF_GPS, PLACE_XMP_GPS = "EXIF GPS", "XMP exif:GPSLatitude/GPSLongitude"
+PLACE_SOURCES = (PLACE_EXIF_GPS, PLACE_XMP_GPS)
+TIME_EXIF_ORIGINAL, TIME_EXIF_GPS_UTC = "EXIF DateTimeOriginal", "EXIF GPS UTC"
+TIME_XMP_ORIGINAL, TIME_XMP_DATE_CREATED = "XMP exif:DateTimeOriginal", "XMP photoshop:DateCreated"
+TIME_XMP_GPS_UTC = "XMP exif:GPSTimeStamp"
+TIME_EXIF_DIGITIZED = "EXIF DateTimeDigitized (weaker)"
+TIME_XMP_CREATE_DATE, TIME_XMP_DIGITIZED = "XMP xmp:CreateDate (weaker)", "XMP exif:DateTimeDigitized (weaker)"
+TIME_SOURCES = (TIME_EXIF_ORIGINAL, TIME_EXIF_GPS_UTC, TIME_XMP_ORIGINAL, TIME_XMP_DATE_CREATED, TIME_XMP_GPS_UTC,
+                TIME_EXIF_DIGITIZED, TIME_XMP_CREATE_DATE, TIME_XMP_DIGITIZED)
+# When the image was digitized (scanned, or written by the camera): usually the capture time, not always.
+WEAK_TIME_SOURCES = (TIME_EXIF_DIGITIZED, TIME_XMP_CREATE_DATE, TIME_XMP_DIGITIZED)
+OFFSET_EXIF_ORIGINAL, OFFSET_EXIF_DIGITIZED = "EXIF OffsetTimeOriginal", "EXIF OffsetTimeDigitized"
+OFFSET_XMP_DATE = "XMP date's own offset"
+OFFSET_GPS_GAP = "claimed local time - GPS UTC"
+OFFSET_ZONE, OFFSET_NAUTICAL = "IANA zone of the claimed place", "nautical zone (open sea)"
+UTC_OFFSET_SOURCES = (OFFSET_EXIF_ORIGINAL, OFFSET_EXIF_DIGITIZED, OFFSET_XMP_DATE, OFFSET_GPS_GAP, OFFSET_ZONE,
+                      OFFSET_NAUTICAL)
+# The sun at a claimed place and time (inference/sun_check.py), by the sun's geometric elevation: day above
+# -0.833 deg (the upper limb on the horizon, refraction included), civil twilight above -6, nautical above -12,
+# astronomical above -18, night below.
+DAY, CIVIL_TWILIGHT, NAUTICAL_TWILIGHT = "day", "civil twilight", "nautical twilight"
+ASTRONOMICAL_TWILIGHT, NIGHT = "astronomical twilight", "night"
+LIGHT_REGIMES = (DAY, CIVIL_TWILIGHT, NAUTICAL_TWILIGHT, ASTRONOMICAL_TWILIGHT, NIGHT)
+SUN_AGREES, SUN_DISAGREES, SUN_NOT_CHECKED = "agrees", "disagrees", "not checked"
+SUN_CHECKS = (SUN_AGREES, SUN_DISAGREES, SUN_NOT_CHECKED)
 INFO_KEYS = ("format", "format_version", "engine_version")
 
 # -------------------------------------------------------------------------------------------- fields and tables
@@ -117,6 +147,17 @@ PHOTOS = Table("photos", "features", "POINT", (
     _f("claimed_lon_deg", "float", "deg"),
     _f("claimed_time_local", "str"),
     _f("claimed_utc_offset_min", "int", "min"),
+    _f("place_source", "str", allowed=PLACE_SOURCES),
+    _f("time_source", "str", allowed=TIME_SOURCES),
+    _f("utc_offset_source", "str", allowed=UTC_OFFSET_SOURCES),
+    _f("claimed_time_zone", "str"),
+    _f("sun_elev_deg", "float", "deg"),
+    _f("sun_azimuth_deg", "float", "deg"),
+    _f("sunrise_local", "str"),
+    _f("sunset_local", "str"),
+    _f("light_regime", "str", allowed=LIGHT_REGIMES),
+    _f("sun_check", "str", allowed=SUN_CHECKS),
+    _f("sun_regime_mass", "float"),
     _f("pred_lat_deg", "float", "deg"),
     _f("pred_lon_deg", "float", "deg"),
     _f("top1_prob", "float"),
@@ -129,9 +170,11 @@ PHOTOS = Table("photos", "features", "POINT", (
     _f("place_given", "str", allowed=PLACE_GIVEN_VALUES),
     _f("given_time_local", "str"),
     _f("place_level", "float"),
+    _f("place_evidence", "float"),
     _f("place_dist_km", "float", "km"),
     _f("place_in_90", "bool"),
     _f("time_level", "float"),
+    _f("time_evidence", "float"),
     _f("claim_month_err", "float", "month"),
     _f("claim_hour_err", "float", "h"),
     _f("place_verdict", "str", allowed=PART_VERDICTS),
@@ -141,8 +184,12 @@ PHOTOS = Table("photos", "features", "POINT", (
     _f("map_time_local", "str"),
     _f("map_time_source", "str", allowed=MAP_TIME_SOURCES),
     _f("time_posterior", "str"),
+    _f("time_posterior_image", "str"),
     _f("raster_global", "str"),
     _f("raster_regional", "str"),
+    _f("surface_res_deg", "float", "deg"),
+    _f("thumbnail", "str"),
+    _f("time_plot", "str"),
     _f("notes", "str"),
     _f("processed_at_utc", "str"),
 ), "one row per photo path: at the claimed place if any, else the most likely one")

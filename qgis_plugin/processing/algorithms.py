@@ -7,6 +7,10 @@
                     window's pooling and the photos' point source -> layer search_results, via the engine
     gtloc:export    the session's gtloc layers (or chosen layers) -> one GeoPackage, vectors and rasters, that GDAL's
                     GeoPackage validator passes
+    gtloc:shadow    one or two shadows (object height + shadow length, or the sun's elevation; bearing; time, each
+                    with a sigma) -> the shadow locus GeoTIFF, fused with a photo's place posterior (a photo + model,
+                    or its global likelihood raster) when given, and their credible regions and candidates, via the
+                    engine
 
     POOLINGS, POINT_SOURCES     (engine value, label) of search's pooling and point_source (the engine's values)
     vector_layer_file(layer, transform_context)   a file + layer name the engine can read with a layer's features
@@ -41,7 +45,8 @@ from qgis.core import (
 )
 
 from ..engine_client import EngineError, shared_client
-from ..layers import gtloc_layers
+from .. import results_schema as rs
+from ..layers import KIND_PROPERTY, PHOTO_PATH_PROPERTY, SOURCE_PROPERTY, gtloc_layers
 from ..settings import TIME_FORMATS, describe_time, load_settings, parse_capture_time
 
 # The engine's values (gtloc_engine/inference/search/query.py; tests/test_protocol_params.py holds this copy to them).
@@ -242,7 +247,8 @@ class ExportAlgorithm(_Algorithm):
         self.addOutput(QgsProcessingOutputNumber("N_LAYERS", "Layers written"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        layers = self.parameterAsLayerList(parameters, "LAYERS", context) or gtloc_layers(context.project())
+        layers = _whole_region_layers(self.parameterAsLayerList(parameters, "LAYERS", context)
+                                      or gtloc_layers(context.project()))
         if not layers:
             raise QgsProcessingException("nothing to export: no layers given and no gtloc layers in the project")
         out = self.parameterAsFileOutput(parameters, "OUTPUT", context)
@@ -289,6 +295,21 @@ def _ogr_source(layer: QgsVectorLayer) -> tuple[str, str | None] | None:
     if not path or not Path(path).is_file() or (layer_name is None and parts.get("layerId") not in (None, 0, "0")):
         return None
     return path, layer_name
+
+
+def _whole_region_layers(layers: list) -> list:
+    """The plugin shows each photo's credible regions as a filtered view of its batch's `regions` table; exported,
+    a batch's views become that one table again (one `regions` table per batch, as the engine wrote it)."""
+    out, seen = [], set()
+    for layer in layers:
+        source = layer.customProperty(SOURCE_PROPERTY)
+        if layer.customProperty(KIND_PROPERTY) == rs.REGIONS_LAYER and layer.customProperty(PHOTO_PATH_PROPERTY):
+            if source in seen:
+                continue
+            seen.add(source)
+            layer = QgsVectorLayer(f"{source}|layername={rs.REGIONS_LAYER}", rs.REGIONS_LAYER, "ogr")
+        out.append(layer)
+    return out
 
 
 def _unique_table_name(name: str, taken: set[str]) -> str:
@@ -366,3 +387,105 @@ def _append_raster(source: str, out: str, table: str) -> None:
     if result is None:
         raise QgsProcessingException(f"cannot copy raster {source} into {out}: {gdal.GetLastErrorMsg()}")
     result = None
+
+
+class ShadowAlgorithm(_Algorithm):
+    """A thin wrapper over EngineClient.shadow; the measurement fields are shadow_task.measurement's (the engine's)."""
+
+    SHADOW = (("HEIGHT", "height_m", "Object height"), ("LENGTH", "length_m", "Its shadow's length (same unit)"),
+              ("ELEVATION", "elev_deg", "or the sun's elevation (degrees)"),
+              ("BEARING", "bearing_deg", "Shadow bearing (degrees clockwise from true north)"))
+    SIGMAS = (("HEIGHT_SIGMA", "height_sigma_m", "Height sigma"), ("LENGTH_SIGMA", "length_sigma_m", "Length sigma"),
+              ("ELEVATION_SIGMA", "elev_sigma_deg", "Elevation sigma (degrees; default 1)"),
+              ("BEARING_SIGMA", "bearing_sigma_deg", "Bearing sigma (degrees; default 5)"),
+              ("TIME_SIGMA", "time_sigma_min", "Time sigma (minutes)"))
+
+    def name(self) -> str:
+        return "shadow"
+
+    def displayName(self) -> str:
+        return "Shadow locus (where a shadow falls; fused with a photo's place posterior)"
+
+    def shortHelpString(self) -> str:
+        return ("Where on Earth could this shadow fall at this time? Give an object's height and its shadow's length "
+                "(any unit, the same for both) or the sun's elevation, optionally the shadow's bearing, and the time "
+                "in ISO 8601: with Z or an offset (2024-06-21T12:05Z) an instant, without one (2024-06-21T14:05) "
+                "the local clock at every place, read in that place's real time zone with its daylight saving. Each "
+                "value may have an uncertainty (sigma), which widens the band. A second shadow (another object of "
+                "the scene, or the same one at another time; the sigmas are shared) intersects its locus with the "
+                "first. With a photo (and the model to run on it) or its global likelihood raster, the locus is "
+                "multiplied with the photo's learned place posterior: the fused surface shows where the model and "
+                "the shadow agree. Writes shadow_locus.tif, shadow_fused.tif and shadow.gpkg (layers shadow_regions, "
+                "shadow_candidates, shadow_measurements) into the output folder.")
+
+    def initAlgorithm(self, config=None):
+        number = QgsProcessingParameterNumber.Double
+        for suffix, title in (("", ""), ("_2", "Second shadow: ")):
+            for key, _, label in self.SHADOW:
+                self.addParameter(QgsProcessingParameterNumber(f"{key}{suffix}", f"{title}{label}", number,
+                                                               optional=True))
+            self.addParameter(QgsProcessingParameterString(f"TIME{suffix}", f"{title}Time (ISO 8601)",
+                                                           optional=bool(suffix)))
+        for key, _, label in self.SIGMAS:
+            self.addParameter(QgsProcessingParameterNumber(key, label, number, optional=True, minValue=0.0))
+        self.addParameter(QgsProcessingParameterFile("PHOTO", "Photo to fuse with (its place posterior)",
+                                                     optional=True))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "gtloc model for the photo (.safetensors; default: "
+                                                     "settings)", extension="safetensors", optional=True))
+        self.addParameter(QgsProcessingParameterFile("POSTERIOR", "or the photo's global likelihood raster "
+                                                     "(*_global.tif)", extension="tif", optional=True))
+        self.addParameter(QgsProcessingParameterNumber("RES_DEG", "Cell size (degrees; default 0.25, or the "
+                                                       "raster's)", number, optional=True, minValue=0.01))
+        self.addParameter(QgsProcessingParameterNumber("TOP_K", "Candidate places per surface",
+                                                       QgsProcessingParameterNumber.Integer, 5, minValue=1))
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Output folder"))
+        from qgis.core import QgsProcessingOutputFile, QgsProcessingOutputRasterLayer
+
+        self.addOutput(QgsProcessingOutputRasterLayer("LOCUS", "Shadow locus"))
+        self.addOutput(QgsProcessingOutputRasterLayer("FUSED", "Shadow x the photo's place posterior"))
+        self.addOutput(QgsProcessingOutputFile("GPKG", "Regions and candidates (GeoPackage)"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        from ..shadow_task import measurement
+
+        def number(key):
+            value = parameters.get(key)
+            return None if value in (None, "") else self.parameterAsDouble(parameters, key, context)
+
+        sigmas = {field: number(key) for key, field, _ in self.SIGMAS}
+        measurements = []
+        for suffix in ("", "_2"):
+            time = self.parameterAsString(parameters, f"TIME{suffix}", context).strip()
+            values = {field: number(f"{key}{suffix}") for key, field, _ in self.SHADOW}
+            if suffix and not time and all(v is None for v in values.values()):
+                continue  # no second shadow
+            try:
+                measurements.append(measurement(time=time, **values, **sigmas,
+                                                what="second shadow" if suffix else "shadow"))
+            except ValueError as exc:
+                raise QgsProcessingException(str(exc)) from None
+        photo = self.parameterAsFile(parameters, "PHOTO", context) or None
+        posterior = self.parameterAsFile(parameters, "POSTERIOR", context) or None
+        model = (self.parameterAsFile(parameters, "MODEL", context) or load_settings().model or None) if photo \
+            else None
+        if photo and not model:
+            raise QgsProcessingException("PHOTO needs a model: set MODEL or choose a model in gtloc's settings")
+        out_dir = self.parameterAsString(parameters, "OUTPUT", context)
+        try:
+            summary = shared_client().shadow(
+                measurements, out_dir, photo=photo, model=model, posterior=posterior, res_deg=number("RES_DEG"),
+                top_k=self.parameterAsInt(parameters, "TOP_K", context), is_cancelled=feedback.isCanceled,
+                on_progress=lambda done, total: feedback.setProgress(100.0 * done / total if total else 0.0))
+        except EngineError as exc:
+            raise QgsProcessingException(f"gtloc engine: {exc}") from None
+        for note in summary.get("notes", []):
+            feedback.pushInfo(note)
+        for name in ("locus", "fused"):
+            part = summary.get(name)
+            if part and part.get("candidates"):
+                best = part["candidates"][0]
+                feedback.pushInfo(f"{name}: most likely at {best['lat_deg']:.3f}, {best['lon_deg']:.3f} "
+                                  f"({best['probability']:.1%} within {best['radius_km']:g} km)")
+        return {"OUTPUT": summary["out_dir"], "LOCUS": summary["locus_tif"], "FUSED": summary.get("fused_tif"),
+                "GPKG": summary["gpkg"]}
+

@@ -1,9 +1,11 @@
-"""A dock for geo-temporal search over the loaded gtloc photo layers (the engine's `search` over the layer's
-GeoPackage): pick a place on the map, month/hour windows, the selected photo (alone: photos like it; with month/hour
-windows: photos of its place at another time) or a text; filter by a radius around the place, a polygon layer and a
-claimed local time range; choose how a time window is scored (pooling) and which place of a photo the filters test
-(point source). The results are listed with their scores and selected on the map, and the engine's notes (e.g.
-which place a photo+time query used) are shown under them.
+"""A dock for geo-temporal search over the loaded gtloc photo layers (the engine's `search` over each layer's
+GeoPackage; by default every loaded photos layer of the case at once, or one chosen by its group's name, the
+results of several merged by score): pick a place on the map, month/hour windows, the selected photo (alone:
+photos like it; with month/hour windows: photos of its place at another time) or a text; filter by a radius around
+the place, a polygon layer and a claimed local time range; choose how a time window is scored (pooling) and which
+place of a photo the filters test (point source). The results are listed with their scores and their distance from
+the place searched, and selected on the map; the engine's notes (e.g. which place a photo+time query used) are shown
+under them.
 
     SearchDock     the dock: its widgets, the pick-a-place map tool, the Search button
     SearchTask     QgsTask: run() only talks to the engine, finished() alone touches the layer and the list
@@ -40,6 +42,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from .. import results_schema as rs
 from ..engine_client import EngineClient, EngineError, shared_client
 from ..layers import KIND_PROPERTY, SOURCE_PROPERTY
 from ..processing.algorithms import POINT_SOURCES, POOLINGS, vector_layer_file
@@ -48,27 +51,53 @@ from ..settings import load_settings
 WGS84 = "EPSG:4326"
 
 
-class SearchTask(QgsTask):
-    """One engine search in the background; `on_done(task)` runs on the main thread when it ends."""
+ALL_LAYERS = "*"  # the layer box's first entry: every gtloc photos layer
 
-    def __init__(self, client: EngineClient, kwargs: dict, on_done):
+
+class SearchTask(QgsTask):
+    """Engine searches in the background, one per (layer id, kwargs), merged into one result: the hits of every
+    GeoPackage by score (the same model and query, so scores compare), re-ranked, the best top_k kept; each hit
+    carries the `layer_id` it came from. `on_done(task)` runs on the main thread when it ends."""
+
+    def __init__(self, client: EngineClient, searches: list[tuple[str, dict]], on_done):
         super().__init__("gtloc: search", QgsTask.CanCancel)
-        self.client, self.kwargs, self.on_done = client, kwargs, on_done
+        self.client, self.searches, self.on_done = client, searches, on_done
         self.result: dict | None = None
         self.error: str | None = None
 
     def run(self) -> bool:
+        results = []
         try:
-            self.result = self.client.search(**self.kwargs, is_cancelled=self.isCanceled)
+            for layer_id, kwargs in self.searches:
+                result = self.client.search(**kwargs, is_cancelled=self.isCanceled)
+                results.append(result)
+                for hit in result["results"]:
+                    hit["layer_id"] = layer_id
+                if self.isCanceled():
+                    return False
         except EngineError as exc:
             self.error = str(exc)
             return False
+        self.result = merge_results(results, self.searches[0][1]["top_k"])
         return True
 
     def finished(self, ok: bool) -> None:
         if not ok and self.error is None:
             self.error = "cancelled"
         self.on_done(self)
+
+
+def merge_results(results: list[dict], top_k: int) -> dict:
+    """Several engines' search results as one: hits by score, re-ranked from 1, at most top_k; candidates counted
+    over all; notes once each."""
+    if len(results) == 1:
+        return results[0]
+    hits = sorted((hit for result in results for hit in result["results"]), key=lambda hit: -hit["score"])[:top_k]
+    for rank, hit in enumerate(hits, 1):
+        hit["rank"] = rank
+    notes = list(dict.fromkeys(note for result in results for note in result.get("notes", [])))
+    return {**results[0], "results": hits, "notes": notes,
+            "n_candidates": sum(result.get("n_candidates", 0) for result in results)}
 
 
 class SearchDock(QDockWidget):
@@ -163,13 +192,15 @@ class SearchDock(QDockWidget):
         project = QgsProject.instance()
         project.layersAdded.connect(self.refresh_layers)
         project.layersRemoved.connect(self.refresh_layers)
+        # Layers are added before their group takes them: refresh again once the tree has them (the group name).
+        project.layerTreeRoot().addedChildren.connect(self.refresh_layers)
         self.refresh_layers()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def unload(self) -> None:
         """Disconnect from the project and the canvas, cancel a running search (plugin unload)."""
         project = QgsProject.instance()
-        for signal in (project.layersAdded, project.layersRemoved):
+        for signal in (project.layersAdded, project.layersRemoved, project.layerTreeRoot().addedChildren):
             try:
                 signal.disconnect(self.refresh_layers)
             except TypeError:
@@ -184,20 +215,43 @@ class SearchDock(QDockWidget):
     # -- inputs -------------------------------------------------------------------------------------------------
     def photo_layers(self) -> list:
         return [layer for layer in QgsProject.instance().mapLayers().values()
-                if layer.customProperty(KIND_PROPERTY) == "photos"]
+                if layer.customProperty(KIND_PROPERTY) == rs.PHOTOS_LAYER]
 
     def refresh_layers(self, *args) -> None:
         current = self.layer_box.currentData()
         self.layer_box.clear()
-        for layer in self.photo_layers():
-            self.layer_box.addItem(f"{layer.name()} ({Path(layer.customProperty(SOURCE_PROPERTY)).name})",
-                                   layer.id())
+        layers = self.photo_layers()
+        if len(layers) > 1:
+            self.layer_box.addItem(f"every gtloc photos layer ({len(layers)})", ALL_LAYERS)
+        root = QgsProject.instance().layerTreeRoot()
+        for layer in layers:
+            node = root.findLayer(layer.id())
+            group = node.parent().name() if node is not None and node.parent() is not root else ""
+            where = group or Path(layer.customProperty(SOURCE_PROPERTY)).name
+            self.layer_box.addItem(f"{where}: {layer.name()}", layer.id())
         index = self.layer_box.findData(current)
-        self.layer_box.setCurrentIndex(index if index >= 0 else self.layer_box.count() - 1)  # newest by default
+        self.layer_box.setCurrentIndex(index if index >= 0 else 0)  # the whole case by default
+
+    def current_layers(self) -> list:
+        """The photos layers searched: the chosen one, or every one."""
+        layer_id = self.layer_box.currentData()
+        if layer_id == ALL_LAYERS:
+            return self.photo_layers()
+        layer = QgsProject.instance().mapLayer(layer_id) if layer_id else None
+        return [layer] if layer is not None else []
 
     def current_layer(self):
-        layer_id = self.layer_box.currentData()
-        return QgsProject.instance().mapLayer(layer_id) if layer_id else None
+        """The one chosen photos layer (None when every layer is searched, or there is none)."""
+        layers = self.current_layers()
+        return layers[0] if len(layers) == 1 and self.layer_box.currentData() != ALL_LAYERS else None
+
+    def selected_photo(self, layers: list):
+        """The photo a 'like' query starts from: the first selected photo of the active layer, else of `layers`."""
+        active = self.iface.activeLayer()
+        for layer in ([active] if active in layers else []) + layers:
+            for feature in layer.getSelectedFeatures():
+                return feature
+        return None
 
     def _on_like_toggled(self, checked: bool) -> None:
         """A photo query searches the photo's own place: the place and radius widgets do not apply."""
@@ -229,8 +283,9 @@ class SearchDock(QDockWidget):
         self.near_latlon_deg = (point.y(), point.x())
         self.place_label.setText(f"{point.y():.4f}, {point.x():.4f}")
 
-    def request_kwargs(self, layer) -> dict:
-        """EngineClient.search arguments from the widgets; ValueError (one line) when the query is incomplete."""
+    def request_kwargs(self, layer, like_from: list | None = None) -> dict:
+        """EngineClient.search arguments for `layer`'s GeoPackage from the widgets; a 'like' query starts from the
+        selected photo of `like_from` (default: `layer`). ValueError (one line) when the query is incomplete."""
         model = load_settings().model
         if not model:
             raise ValueError("no gtloc model chosen: set the checkpoint in gtloc's settings")
@@ -247,13 +302,13 @@ class SearchDock(QDockWidget):
         if text:
             kwargs["text"] = text
         elif self.like_selected.isChecked():
-            selected = list(layer.getSelectedFeatures())
-            if not selected:
+            selected = self.selected_photo(like_from or [layer])
+            if selected is None:
                 raise ValueError(f"select a photo in {layer.name()} to search for photos like it"
                                  + (" (or of its place at another time)" if month or hour else ""))
             # With month/hour windows: the same place as this photo at another time (the engine's photo+time).
             # The place is the photo's own, so a picked place and the radius are not sent.
-            kwargs.update(like=selected[0]["path"], month=month, hour=hour)
+            kwargs.update(like=selected[rs.PATH], month=month, hour=hour)
         else:
             if self.near_latlon_deg is None and not (self.month.text().strip() or self.hour.text().strip()):
                 raise ValueError("pick a place on the map and/or give months or hours, a photo or a text")
@@ -265,22 +320,21 @@ class SearchDock(QDockWidget):
     # -- search -------------------------------------------------------------------------------------------------
     def search(self) -> SearchTask | None:
         """Start the search in a QgsTask; the results arrive in show_results()."""
-        layer = self.current_layer()
-        if layer is None:
+        layers = self.current_layers()
+        if not layers:
             self.status.setText("no gtloc photos layer: locate some photos first")
             return None
         if self.task is not None:
             self.status.setText("a search is running")
             return None
         try:
-            kwargs = self.request_kwargs(layer)
+            searches = [(layer.id(), self.request_kwargs(layer, like_from=layers)) for layer in layers]
         except ValueError as exc:
             self.status.setText(str(exc))
             return None
-        self.status.setText("searching…")
+        self.status.setText("searching…" if len(layers) == 1 else f"searching {len(layers)} photos layers…")
         self.search_button.setEnabled(False)
-        self.task = SearchTask(self.client_factory(), kwargs, self._task_done)
-        self.task.layer_id = layer.id()
+        self.task = SearchTask(self.client_factory(), searches, self._task_done)
         QgsApplication.taskManager().addTask(self.task)
         return self.task
 
@@ -290,10 +344,14 @@ class SearchDock(QDockWidget):
         if task.error:
             self.status.setText(f"error: {task.error}")
             return
-        self.show_results(task.result, QgsProject.instance().mapLayer(task.layer_id))
+        if task.result is None:
+            self.status.setText("search cancelled")
+            return
+        self.show_results(task.result)
 
-    def show_results(self, result: dict, layer) -> None:
-        """List the results with their scores and select their photos (matched on sha256) in `layer`."""
+    def show_results(self, result: dict, layer=None) -> None:
+        """List the results with their scores (and km from the place searched, when there is one) and select their
+        photos (matched on sha256) in the layers they came from (`layer` for hits that do not say)."""
         self.last_result = result
         self.results.clear()
         for hit in result["results"]:
@@ -304,9 +362,15 @@ class SearchDock(QDockWidget):
         lines = [f"{len(result['results'])} of {result.get('n_candidates', 0)} photos ({kind} query)",
                  *result.get("notes", [])]  # one line per note: which place a photo+time query used, text caveats
         self.status.setText("\n".join(lines))
-        if layer is None:
-            return
-        wanted = {hit["sha256"] for hit in result["results"]}
-        request = QgsFeatureRequest().setSubsetOfAttributes(["sha256"], layer.fields())
-        request.setFlags(QgsFeatureRequest.NoGeometry)
-        layer.selectByIds([f.id() for f in layer.getFeatures(request) if f["sha256"] in wanted])
+        project = QgsProject.instance()
+        wanted: dict = {}
+        for hit in result["results"]:
+            target = project.mapLayer(hit["layer_id"]) if hit.get("layer_id") else layer
+            if target is not None:
+                wanted.setdefault(target.id(), (target, set()))[1].add(hit["sha256"])
+        for target in self.current_layers() if layer is None else [layer]:
+            wanted.setdefault(target.id(), (target, set()))
+        for target, shas in wanted.values():
+            request = QgsFeatureRequest().setSubsetOfAttributes([rs.SHA256], target.fields())
+            request.setFlags(QgsFeatureRequest.NoGeometry)
+            target.selectByIds([f.id() for f in target.getFeatures(request) if f[rs.SHA256] in shas])

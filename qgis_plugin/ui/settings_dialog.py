@@ -1,7 +1,8 @@
-"""Settings dialog: the engine (its Python or gtloc executable; PATH when empty), model, top-k, output folder and
-an optional known capture time. OK refuses (and says why, keeping the dialog open) a model or engine path that does
-not exist and an unparseable known time. "Test engine" starts a throwaway worker in a QgsTask, so QGIS stays
-responsive while it starts (up to START_TIMEOUT_S), and shows what it reports or its one-line error.
+"""Settings dialog: the engine (its Python or gtloc executable; PATH when empty), model, top-k, output folder, an
+optional known capture time and the surface resolution. OK refuses (and says why, keeping the dialog open) a model
+or engine path that does not exist and an unparseable known time. "Test engine" starts a throwaway worker in a
+QgsTask, so QGIS stays responsive while it starts (up to START_TIMEOUT_S), and shows what it reports or its one-line
+error.
 
     SettingsDialog    the dialog; show_status(text) is its one status line (wrapped, never cut off)
     EngineProbeTask   QgsTask: run() starts the engine and asks `info`; on_done(task) runs on the main thread
@@ -15,6 +16,7 @@ from qgis.core import QgsApplication, QgsTask
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -25,7 +27,14 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..engine_client import START_TIMEOUT_S, EngineClient, EngineError, engine_command, find_engine
-from ..settings import TIME_FORMATS, load_settings, parse_capture_time, save_settings
+from ..settings import (
+    RES_DEG_CHOICES,
+    TIME_FORMATS,
+    PluginSettings,
+    load_settings,
+    parse_capture_time,
+    save_settings,
+)
 
 _BREAK = "\u200b"  # zero-width space: Qt wraps a POSIX path after each '/', a Windows one only where this follows '\\'
 
@@ -93,6 +102,13 @@ class SettingsDialog(QDialog):
                                    "photo's place given that time (where given when). The same time is used for "
                                    "every photo of a batch; clear it for photos taken at other times. "
                                    f"Accepted: {TIME_FORMATS}.")
+        self.res_deg = QComboBox()
+        for value in RES_DEG_CHOICES:
+            self.res_deg.addItem(f"{value:g}°" + (" (default)" if value == PluginSettings.res_deg else ""), value)
+        self.res_deg.setCurrentIndex(self.res_deg.findData(self.settings.res_deg))
+        self.res_deg.setToolTip("Cell size of each photo's likelihood raster, candidate places and credible regions. "
+                                "Verdicts do not depend on it: the claimed point itself is scored. Finer cells cost "
+                                "more time per photo; the results record the size used (surface_res_deg).")
         self.test_button = QPushButton("Test engine")
         self.test_button.setToolTip("Start the engine with these settings and show its version and the model's "
                                     "heads")
@@ -105,6 +121,7 @@ class SettingsDialog(QDialog):
         form.addRow("Candidate places", self.top_k)
         form.addRow("Output folder", self.out_dir)
         form.addRow("Known capture time (local, optional)", self.known_time)
+        form.addRow("Surface resolution", self.res_deg)
         form.addRow(self.test_button)
         form.addRow(self.status)  # a row of its own, the dialog's full width
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
@@ -202,5 +219,6 @@ class SettingsDialog(QDialog):
         self.settings.model = self.model.filePath()
         self.settings.top_k = self.top_k.value()
         self.settings.out_dir = self.out_dir.filePath()
+        self.settings.res_deg = float(self.res_deg.currentData())
         save_settings(self.settings)
         super().accept()

@@ -75,9 +75,40 @@ def client():
     c.stop()
 
 
+def _recording_message_bar():
+    """QGIS's own message bar (pytest-qgis's stand-in lacks createMessage and pushWidget), recording what is
+    pushed: get_messages(level) lists 'title:text' as pytest-qgis's does; `pushed` has (item, level, duration)."""
+    from qgis.core import Qgis
+    from qgis.gui import QgsMessageBar
+
+    class RecordingMessageBar(QgsMessageBar):
+        def __init__(self):
+            super().__init__()
+            self.messages = {level: [] for level in (Qgis.Info, Qgis.Warning, Qgis.Critical, Qgis.Success)}
+            self.pushed = []
+
+        def get_messages(self, level):
+            return self.messages[level]
+
+        def pushMessage(self, title, text, level=Qgis.Info, duration=-1):  # noqa: N802
+            self.messages[level].append(f"{title}:{text}")
+            super().pushMessage(title, text, level, duration)
+
+        def pushWidget(self, widget, level=Qgis.Info, duration=0):  # noqa: N802
+            self.messages[level].append(f"{widget.title()}:{widget.text()}")
+            self.pushed.append((widget, level, duration))
+            return super().pushWidget(widget, level, duration)
+
+    return RecordingMessageBar()
+
+
 @pytest.fixture(scope="session")
 def iface(qgis_iface):
     """pytest-qgis's iface plus the few QgisInterface calls it lacks, recorded so tests can check them."""
+    bar = _recording_message_bar()
+    qgis_iface.messageBar = lambda: bar
+    qgis_iface.shown_tables = []
+    qgis_iface.showAttributeTable = lambda layer, filter_expression="": qgis_iface.shown_tables.append(layer)
     qgis_iface.drop_handlers = []
     qgis_iface.menu_actions = []
     qgis_iface.registerCustomDropHandler = qgis_iface.drop_handlers.append
@@ -88,6 +119,20 @@ def iface(qgis_iface):
     qgis_iface.addDockWidget = lambda area, dock: qgis_iface.docks.append(dock)
     qgis_iface.removeDockWidget = qgis_iface.docks.remove
     return qgis_iface
+
+
+@pytest.fixture(scope="module")
+def plugin(iface, qgis_processing):
+    """One plugin per test module, initialised as QGIS does; unloaded (if a test did not) and the project cleared."""
+    import qgis_plugin
+    from qgis.core import QgsProject
+
+    p = qgis_plugin.classFactory(iface)
+    p.initGui()
+    yield p
+    if p.actions:
+        p.unload()
+    QgsProject.instance().clear()
 
 
 @pytest.fixture(scope="module")

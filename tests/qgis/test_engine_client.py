@@ -11,7 +11,12 @@ from conftest import ENGINE_PYTHON
 
 from qgis_plugin.drop import PHOTO_SUFFIXES
 from qgis_plugin.engine_client import (
+    PREDICT_STAGES,
     PROTOCOL_VERSION,
+    STAGE_CONSTANTS,
+    STAGE_LOADING_MODEL,
+    STAGE_PHOTOS,
+    STAGE_STARTING,
     EngineClient,
     EngineError,
     clean_environment,
@@ -25,8 +30,8 @@ def test_handshake_matches_the_clients_protocol_and_info_answers(client):
     assert hello["protocol"] == PROTOCOL_VERSION and hello["pid"] == client.pid
     info = client.request("info")
     assert info["engine_version"] == hello["engine_version"]
-    # The drop handler only claims files the engine can read.
-    assert PHOTO_SUFFIXES <= set(info["photo_suffixes"])
+    # The drop handler claims exactly the files the engine reads (so the formats a message lists are the same).
+    assert sorted(PHOTO_SUFFIXES) == info["photo_suffixes"]
 
 
 def test_engine_errors_are_raised_and_the_same_worker_answers_the_next_request(client, tmp_path):
@@ -69,6 +74,47 @@ def test_cancel_from_the_caller_stops_the_request(client, model_path, engine_fil
                                          "out_gpkg": str(tmp_path / "c.gpkg"), "batch_size": 1},
                              on_progress=lambda done, total: progress.append(done), is_cancelled=lambda: bool(progress))
     assert summary["cancelled"] and summary["n_done"] < 40
+
+
+def test_predict_reports_its_stages_from_the_engines_start_to_the_photos(client, model_path, engine_files, tmp_path):
+    stages = []
+    photos_progress = []
+    client.predict(str(model_path), engine_files["toy_photos"][:2], str(tmp_path / "s.gpkg"),
+                   cache_dir=str(tmp_path / "fresh"), on_progress=lambda done, total: photos_progress.append(done),
+                   on_stage=lambda stage, done, total, eta_s: stages.append(stage))
+    order = [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s]
+    assert order == [STAGE_STARTING, *PREDICT_STAGES]  # a fresh constants cache: every stage runs
+    assert photos_progress and photos_progress[-1] == 2  # on_progress hears the photos stage only
+    stages.clear()
+    client.predict(str(model_path), engine_files["toy_photos"][:1], str(tmp_path / "t.gpkg"),
+                   cache_dir=str(tmp_path / "fresh"), on_stage=lambda stage, done, total, eta_s: stages.append(stage))
+    assert stages[0] == STAGE_LOADING_MODEL and STAGE_STARTING not in stages and STAGE_CONSTANTS not in stages
+
+
+def test_cancel_while_the_engine_starts_stops_the_half_started_worker(client, model_path, engine_files, tmp_path):
+    with pytest.raises(EngineError) as err:
+        client.predict(str(model_path), engine_files["toy_photos"][:1], str(tmp_path / "never.gpkg"),
+                       is_cancelled=lambda: True)
+    assert err.value.code == "cancelled" and "starting" in str(err.value)
+    assert not client.running and not (tmp_path / "never.gpkg").exists()
+
+
+def test_the_clients_stage_names_are_the_engines():
+    import ast
+
+    from conftest import REPO
+
+    tree = ast.parse((REPO / "gtloc_engine" / "protocol.py").read_text(encoding="utf-8"))
+    engine = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple)):
+            continue
+        names = [t.id for t in node.targets[0].elts if isinstance(t, ast.Name)]
+        if names and all(name.startswith("STAGE_") for name in names):
+            engine.update({name: value.value for name, value in zip(names, node.value.elts)})
+    assert engine == {"STAGE_LOADING_MODEL": STAGE_LOADING_MODEL, "STAGE_CONSTANTS": STAGE_CONSTANTS,
+                      "STAGE_PHOTOS": STAGE_PHOTOS}
+    assert PREDICT_STAGES == (STAGE_LOADING_MODEL, STAGE_CONSTANTS, STAGE_PHOTOS)
 
 
 def _photo_rows(gpkg) -> list[tuple]:

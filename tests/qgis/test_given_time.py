@@ -12,20 +12,9 @@ import pytest
 from conftest import wait_until
 from qgis.core import Qgis, QgsProject
 
-import qgis_plugin
 from qgis_plugin.settings import save_settings
 
 KNOWN_TIME = "2024-07-14T18:30:00"
-
-
-@pytest.fixture(scope="module")
-def plugin(iface, qgis_processing):
-    p = qgis_plugin.classFactory(iface)
-    p.initGui()
-    yield p
-    if p.actions:
-        p.unload()
-    QgsProject.instance().clear()
 
 
 @pytest.fixture

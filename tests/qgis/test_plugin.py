@@ -12,7 +12,6 @@ import pytest
 from conftest import wait_until
 from osgeo import gdal
 from qgis.core import (
-    NULL,
     QgsApplication,
     QgsDateTimeRange,
     QgsFeatureRequest,
@@ -24,24 +23,13 @@ from qgis.core import (
     QgsVectorLayerTemporalContext,
     QgsVectorLayerTemporalProperties,
 )
-from qgis.PyQt.QtCore import QDateTime, QSize
+from qgis.PyQt.QtCore import QDateTime, QSize, Qt
 from qgis.PyQt.QtGui import QColor
 
 import qgis_plugin
 from qgis_plugin.drop import is_photo
 from qgis_plugin.engine_client import shared_client
 from qgis_plugin.layers import KIND_PROPERTY, VERDICT_COLOURS, gtloc_layers
-
-
-@pytest.fixture(scope="module")
-def plugin(iface, qgis_processing):
-    """One plugin for the tests that share a drop (the load/unload test, first in this file, makes its own)."""
-    p = qgis_plugin.classFactory(iface)
-    p.initGui()
-    yield p
-    if p.actions:
-        p.unload()
-    QgsProject.instance().clear()
 
 
 def test_the_plugin_loads_and_unloads_cleanly(iface, qgis_processing):
@@ -51,8 +39,8 @@ def test_the_plugin_loads_and_unloads_cleanly(iface, qgis_processing):
         plugin.initGui()
         provider = registry.providerById("gtloc")
         assert provider is not None
-        assert {a.name() for a in provider.algorithms()} == {"predict", "search", "export"}
-        assert iface.drop_handlers == [plugin.drop_handler] and len(iface.menu_actions) == len(plugin.actions) == 4
+        assert {a.name() for a in provider.algorithms()} == {"predict", "search", "export", "shadow"}
+        assert iface.drop_handlers == [plugin.drop_handler] and len(iface.menu_actions) == len(plugin.actions) == 8
         assert iface.docks == [plugin.time_dock, plugin.search_dock]
         plugin.unload()
         assert registry.providerById("gtloc") is None
@@ -104,9 +92,10 @@ def test_a_dropped_photo_becomes_styled_layers_in_one_group(dropped, engine_file
     assert point.x() == pytest.approx(claimed["lon_deg"], abs=1e-5)
     assert point.y() == pytest.approx(claimed["lat_deg"], abs=1e-5)
     assert layers.candidates.featureCount() == 3  # top_k from the settings
-    assert layers.regions.featureCount() >= 1
-    region_levels = {c.value() for c in layers.regions.renderer().categories()}
-    assert {f["level"] for f in layers.regions.getFeatures()} <= region_levels == {0.5, 0.9}
+    [surfaces] = layers.surfaces
+    assert surfaces.regions.featureCount() >= 1
+    region_levels = {c.value() for c in surfaces.regions.renderer().categories()}
+    assert {f["level"] for f in surfaces.regions.getFeatures()} <= region_levels == {0.5, 0.9}
     # Verification view: the verdict picks a colour on the map and in the attribute table.
     verdict = photo["verdict"]
     assert verdict in VERDICT_COLOURS
@@ -124,11 +113,13 @@ def test_a_dropped_photo_becomes_styled_layers_in_one_group(dropped, engine_file
     matching = [s for s in styles if s.matches(verdict, layers.photos.createExpressionContext())]
     assert [s.backgroundColor().name() for s in matching] == [VERDICT_COLOURS[verdict]]
     # Temporal Controller: each photo plays at its local wall clock (map_time_local), here the claimed local time;
-    # map_time is UTC, null here since the EXIF has no UTC offset.
+    # map_time is UTC: the EXIF has no UTC offset, so the claimed place's zone gives it (Europe/Paris, CEST in July).
     props = layers.photos.temporalProperties()
     assert props.isActive() and props.startExpression() == 'to_datetime("map_time_local")'
     assert props.mode() == QgsVectorLayerTemporalProperties.ModeFeatureDateTimeStartAndEndFromExpressions
-    assert photo["map_time_source"] == "claim" and photo["map_time"] == NULL
+    assert photo["map_time_source"] == "claim" and photo["utc_offset_source"] == "IANA zone of the claimed place"
+    utc = dt.datetime.fromisoformat(claimed["local_datetime"]) - dt.timedelta(hours=2)
+    assert photo["map_time"] == QDateTime(utc.date(), utc.time(), Qt.UTC)
     assert photo["map_time_local"] == claimed["local_datetime"]
     local = QDateTime(dt.datetime.fromisoformat(claimed["local_datetime"]))
     context = QgsVectorLayerTemporalContext()
@@ -146,7 +137,7 @@ def test_a_dropped_photo_becomes_styled_layers_in_one_group(dropped, engine_file
 
 @pytest.mark.slow
 def test_the_likelihood_raster_renders_where_the_surface_is_high(dropped):
-    raster = next(r for r in dropped.layers.rasters if r.name().endswith("_global"))
+    raster = next(r for r in dropped.layers.rasters if r.name().startswith("likelihood global"))
     values = gdal.Open(raster.source()).ReadAsArray()
     settings = QgsMapSettings()
     settings.setLayers([raster])
@@ -204,7 +195,8 @@ def test_export_writes_the_sessions_gtloc_layers_to_one_geopackage(dropped, tmp_
         contents = dict(db.execute("SELECT table_name, data_type FROM gpkg_contents").fetchall())
         counts = {name: db.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
                   for name, kind in contents.items() if kind == "features"}
-    assert counts == {"photos": 1, "claim_prediction": 1, "candidates": 3, "regions": layers.regions.featureCount()}
+    assert counts == {"photos": 1, "claim_prediction": 1, "candidates": 3,
+                      "regions": layers.surfaces[0].regions.featureCount()}
     rasters = [name for name, kind in contents.items() if kind == "2d-gridded-coverage"]
     assert len(rasters) == len(layers.rasters)
     # The float likelihoods survive the copy.

@@ -86,8 +86,11 @@ def test_a_layer_open_in_qgis_shows_the_rows_a_running_predict_commits(model_pat
     assert len({f["path"] for f in photos.getFeatures()}) == 100
     assert problems == []
     # QGIS still has the file open, so SQLite keeps its -wal and -shm files; the engine checkpointed every commit
-    # into the .gpkg when it finished: the .gpkg alone holds all 100 photos, and nothing else was left behind.
-    assert {p.name for p in tmp_path.iterdir()} <= {"photos", "results.gpkg", "results.gpkg-wal", "results.gpkg-shm"}
+    # into the .gpkg when it finished: the .gpkg alone holds all 100 photos, and nothing else was left behind (but
+    # the pictures' folder for the form, results_thumbs/, without temp files).
+    assert {p.name for p in tmp_path.iterdir()} <= {"photos", "results.gpkg", "results.gpkg-wal", "results.gpkg-shm",
+                                                    "results_thumbs"}
+    assert not [p for p in (tmp_path / "results_thumbs").iterdir() if p.name.startswith(".")]
     assert not (tmp_path / "results.gpkg-wal").exists() or (tmp_path / "results.gpkg-wal").stat().st_size == 0
     alone = tmp_path / "copy" / "results.gpkg"
     alone.parent.mkdir()

@@ -168,17 +168,22 @@ def test_the_settings_dialog_refuses_an_unparseable_known_time_and_saves_a_good_
 
 
 @pytest.mark.parametrize("month, hour", [(0, 0), (6, 14), (11, 23)])
-def test_the_heat_map_is_darkest_in_the_likeliest_month_and_hour(month, hour, qgis_app):
-    from qgis_plugin.ui.time_dock import HeatMap
+def test_the_heat_map_is_brightest_in_the_likeliest_month_and_hour(month, hour, qgis_app):
+    from qgis_plugin.ui.time_dock import VIRIDIS, HeatMap
 
     grid = [[0.001] * 24 for _ in range(12)]
     grid[month][hour] = 0.5
     heat_map = HeatMap()
-    heat_map.resize(14 + 24 * 12, 12 * 12 + 14)  # 12 x 12 pixel cells after the 14-pixel label margins
-    heat_map.set_grid(grid)
+    heat_map.resize(400, 240)
+    heat_map.set_data(grid)
     image = heat_map.grab().toImage()
-    cell_w, cell_h = (image.width() - 14) / 24, (image.height() - 14) / 12
-    lightness = {(m, h): image.pixelColor(int(14 + (h + 0.5) * cell_w), int((m + 0.5) * cell_h)).lightness()
-                 for m in range(12) for h in range(24)}
-    assert min(lightness, key=lightness.get) == (month, hour)
-    assert len(set(lightness.values())) == 2  # every other cell has the same low probability
+
+    def colour(m, h):  # a pixel inside the cell, clear of the credible outlines along its edges
+        cell = heat_map._cell(m, h)
+        return image.pixelColor(int(cell.left() + cell.width() * 0.5), int(cell.top() + cell.height() * 0.5))
+
+    lightness = {(m, h): colour(m, h).lightness() for m in range(12) for h in range(24)}
+    assert max(lightness, key=lightness.get) == (month, hour)
+    assert colour(month, hour).name() == VIRIDIS[-1]  # the peak takes the top of the colour scale
+    others = {colour(m, h).name() for m in range(12) for h in range(24) if (m, h) != (month, hour)}
+    assert others == {colour(0 if month else 1, 1).name()}  # every other cell has the same low probability
