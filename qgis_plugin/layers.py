@@ -63,8 +63,9 @@ SOURCE_PROPERTY = "gtloc/source"  # the GeoPackage the layer came from
 PHOTO_PATH_PROPERTY = "gtloc/photo_path"  # on a photo's regions and rasters, and on its sub-group
 SURFACES_GROUP_PROPERTY = "gtloc/surfaces"  # on the sub-group holding the per-photo sub-groups
 SURFACES_GROUP_NAME = "surfaces (selected photo)"
-_COLOURS = {rs.CONSISTENT: "#1a9641", rs.DOUBTFUL: "#f4a30b", rs.INCONSISTENT: "#d7191c", rs.NO_CLAIM: "#8c8c8c",
-            getattr(rs, "INCONCLUSIVE", None): "#6a8caf"}  # inconclusive: a cool blue-grey, "cannot tell"
+# inconclusive: a cool blue-grey, "cannot tell", between the judged colours and no claim's grey
+_COLOURS = {rs.CONSISTENT: "#1a9641", rs.DOUBTFUL: "#f4a30b", rs.INCONSISTENT: "#d7191c", rs.INCONCLUSIVE: "#6a8caf",
+            rs.NO_CLAIM: "#8c8c8c"}
 VERDICT_COLOURS = {verdict: _COLOURS[verdict] for verdict in rs.VERDICTS}
 REGION_STYLES = {0.5: ("#3b0f70", "solid", "0.7"), 0.9: ("#8c2981", "dash", "0.5")}  # level -> colour, line, mm
 # Pseudocolour stops as fractions of the raster's maximum; cells below the first stop stay transparent so only
