@@ -69,7 +69,7 @@ from shapely.geometry.base import BaseGeometry
 from gtloc_engine import __version__
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.io import results_schema as schema
-from gtloc_engine.io.rows import check_fields
+from gtloc_engine.io.rows import FullReads, check_fields
 from gtloc_engine.io.rows import layer_geometry as _layer_geometry
 from gtloc_engine.io.rows import python_value as _python_value
 from gtloc_engine.io.rows import sql_value as _sql_value
@@ -99,7 +99,7 @@ _GEOMETRY = schema.GEOMETRY_COLUMN
 _BUSY_WORDS = ("locked", "busy")
 
 
-class ResultsStore:
+class ResultsStore(FullReads):
     """One results GeoPackage opened for writing: indexed lookups, buffered per-photo writes, commit per batch.
 
     Writes: set_results(path, photo, candidates, regions) replaces every row of that path (and drops its failure),
@@ -274,30 +274,9 @@ class ResultsStore:
 
     # ------------------------------------------------------------------------------------------ full reads
 
-    @property
-    def photos(self) -> dict[str, dict]:
-        """Every photo row keyed by path (read from the file; for tools and tests, not for resume)."""
-        return {row["path"]: row for row in self._read_features(schema.PHOTOS)}
-
-    @property
-    def candidates(self) -> dict[str, list[dict]]:
-        return self._grouped(schema.CANDIDATES)
-
-    @property
-    def regions(self) -> dict[str, list[dict]]:
-        return self._grouped(schema.REGIONS)
-
-    @property
-    def failures(self) -> dict[str, dict]:
+    def _read_rows(self, sql: str) -> list:
         self._flush_for_reading()
-        rows = self._db.execute("SELECT path, reason, failed_at_utc FROM failures ORDER BY fid").fetchall()
-        return {path: {"path": path, "reason": reason, "failed_at_utc": at} for path, reason, at in rows}
-
-    @property
-    def embeddings(self) -> dict[tuple[str, str], np.ndarray]:
-        self._flush_for_reading()
-        rows = self._db.execute("SELECT sha256, model_sha256, dim, embedding FROM embeddings ORDER BY fid").fetchall()
-        return {(sha, model): np.frombuffer(blob, dtype="<f4", count=dim).copy() for sha, model, dim, blob in rows}
+        return self._db.execute(sql).fetchall()
 
     # ------------------------------------------------------------------------------------------ internals
 

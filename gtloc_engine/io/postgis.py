@@ -47,7 +47,7 @@ from gtloc_engine import __version__
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.io import results_schema as schema
 from gtloc_engine.io.results_schema import FORMAT, FORMAT_VERSION, INFO_TABLE
-from gtloc_engine.io.rows import check_fields, layer_geometry, python_value, sql_value
+from gtloc_engine.io.rows import FullReads, check_fields, layer_geometry, python_value, sql_value
 from gtloc_engine.io.store import database_conninfo, first_line, psycopg_module, shown_target
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class _Op:
     write: Callable
 
 
-class PostgisStore:
+class PostgisStore(FullReads):
     """One PostGIS case opened for writing (the Store interface of io/store.py)."""
 
     def __init__(self, target: str, conn):
@@ -220,30 +220,9 @@ class PostgisStore:
 
     # ------------------------------------------------------------------------------------------ full reads
 
-    @property
-    def photos(self) -> dict[str, dict]:
-        """Every photo row keyed by path (for tools and tests, not for resume)."""
-        return {row["path"]: row for row in self._read_features(schema.PHOTOS)}
-
-    @property
-    def candidates(self) -> dict[str, list[dict]]:
-        return self._grouped(schema.CANDIDATES)
-
-    @property
-    def regions(self) -> dict[str, list[dict]]:
-        return self._grouped(schema.REGIONS)
-
-    @property
-    def failures(self) -> dict[str, dict]:
+    def _read_rows(self, sql: str) -> list:
         self.commit()
-        rows = self._query("SELECT path, reason, failed_at_utc FROM failures ORDER BY fid")
-        return {path: {"path": path, "reason": reason, "failed_at_utc": at} for path, reason, at in rows}
-
-    @property
-    def embeddings(self) -> dict[tuple[str, str], np.ndarray]:
-        self.commit()
-        rows = self._query("SELECT sha256, model_sha256, dim, embedding FROM embeddings ORDER BY fid")
-        return {(sha, model): np.frombuffer(blob, dtype="<f4", count=dim).copy() for sha, model, dim, blob in rows}
+        return self._query(sql)
 
     # ------------------------------------------------------------------------------------------ internals
 

@@ -5,6 +5,7 @@ Public surface:
     layer_geometry(table, geometry)   the geometry a layer stores (its own type, None for none or empty)
     sql_value(table, field, value)    a Python value as the value its field stores (bool as 0/1, UTC text), checked
     python_value(field, value)        a stored value back as Python (0/1 -> bool)
+    FullReads                         the full-table reads every store offers (photos, ..., embeddings)
 """
 
 from __future__ import annotations
@@ -98,3 +99,32 @@ def python_value(field: schema.Field, value):
     if field.kind == "float":
         return float(value)
     return value
+
+
+class FullReads:
+    """The whole-table reads of a store, for tools and tests (not for resume: that uses the indexed lookups). A
+    store provides _read_features(table) (rows with their geometry), _grouped(table) (rows by path) and
+    _read_rows(sql) (plain rows, after flushing its pending writes)."""
+
+    @property
+    def photos(self) -> dict[str, dict]:
+        """Every photo row keyed by path."""
+        return {row["path"]: row for row in self._read_features(schema.PHOTOS)}
+
+    @property
+    def candidates(self) -> dict[str, list[dict]]:
+        return self._grouped(schema.CANDIDATES)
+
+    @property
+    def regions(self) -> dict[str, list[dict]]:
+        return self._grouped(schema.REGIONS)
+
+    @property
+    def failures(self) -> dict[str, dict]:
+        rows = self._read_rows("SELECT path, reason, failed_at_utc FROM failures ORDER BY fid")
+        return {path: {"path": path, "reason": reason, "failed_at_utc": at} for path, reason, at in rows}
+
+    @property
+    def embeddings(self) -> dict[tuple[str, str], np.ndarray]:
+        rows = self._read_rows("SELECT sha256, model_sha256, dim, embedding FROM embeddings ORDER BY fid")
+        return {(sha, model): np.frombuffer(blob, dtype="<f4", count=dim).copy() for sha, model, dim, blob in rows}
