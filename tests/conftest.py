@@ -88,14 +88,9 @@ def trained_checkpoint(toy_manifest, cache_dir, tmp_path_factory) -> Path:
 def pg_server():
     """A throwaway PostgreSQL 15 + PostGIS server on a private unix socket (tests/postgis_cluster.py); the tests
     that use it are skipped, with the reason, where PostgreSQL or PostGIS is not installed."""
-    from postgis_cluster import PgServer, PgUnavailable
+    from postgis_cluster import running_server
 
-    try:
-        server = PgServer.start()
-    except PgUnavailable as exc:
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
+    yield from running_server()
 
 
 @pytest.fixture

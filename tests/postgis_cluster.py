@@ -128,6 +128,19 @@ class PgServer:
                        env={**_clean_env(), "HOME": str(self.root)}, **kwargs)
 
 
+def running_server():
+    """A pytest fixture body: a throwaway server for the session, skipped with the reason where PostgreSQL or
+    PostGIS is not installed (both suites' pg_server fixtures yield from it)."""
+    import pytest
+
+    try:
+        server = PgServer.start()
+    except PgUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
 def _clean_env() -> dict:
     """The environment without the caller's libpq settings (PGHOST, PGPASSWORD...), so only the test's count."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}

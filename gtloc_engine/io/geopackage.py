@@ -392,12 +392,6 @@ class ResultsStore(FullReads):
             out.append(row)
         return out
 
-    def _grouped(self, table: schema.Table) -> dict[str, list[dict]]:
-        grouped: dict[str, list[dict]] = {}
-        for row in self._read_features(table):
-            grouped.setdefault(row["path"], []).append(row)
-        return grouped
-
 
 def check_results_path(path: str | os.PathLike) -> None:
     """GtlocError unless `path` ends in .gpkg and is either free or a results GeoPackage this version can read."""

@@ -267,12 +267,6 @@ class PostgisStore(FullReads):
             out.append(row)
         return out
 
-    def _grouped(self, table: schema.Table) -> dict[str, list[dict]]:
-        grouped: dict[str, list[dict]] = {}
-        for row in self._read_features(table):
-            grouped.setdefault(row["path"], []).append(row)
-        return grouped
-
 
 # ---------------------------------------------------------------------------------------------- reading for search
 

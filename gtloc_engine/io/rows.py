@@ -103,8 +103,8 @@ def python_value(field: schema.Field, value):
 
 class FullReads:
     """The whole-table reads of a store, for tools and tests (not for resume: that uses the indexed lookups). A
-    store provides _read_features(table) (rows with their geometry), _grouped(table) (rows by path) and
-    _read_rows(sql) (plain rows, after flushing its pending writes)."""
+    store provides _read_features(table) (rows with their geometry) and _read_rows(sql) (plain rows, after
+    flushing its pending writes)."""
 
     @property
     def photos(self) -> dict[str, dict]:
@@ -123,6 +123,12 @@ class FullReads:
     def failures(self) -> dict[str, dict]:
         rows = self._read_rows("SELECT path, reason, failed_at_utc FROM failures ORDER BY fid")
         return {path: {"path": path, "reason": reason, "failed_at_utc": at} for path, reason, at in rows}
+
+    def _grouped(self, table: schema.Table) -> dict[str, list[dict]]:
+        grouped: dict[str, list[dict]] = {}
+        for row in self._read_features(table):
+            grouped.setdefault(row["path"], []).append(row)
+        return grouped
 
     @property
     def embeddings(self) -> dict[tuple[str, str], np.ndarray]:

@@ -23,14 +23,9 @@ PARIS_LATLON_DEG = (48.8566, 2.3522)
 
 @pytest.fixture(scope="module")
 def pg_server():
-    from postgis_cluster import PgServer, PgUnavailable
+    from postgis_cluster import running_server
 
-    try:
-        server = PgServer.start()
-    except PgUnavailable as exc:
-        pytest.skip(str(exc))
-    yield server
-    server.stop()
+    yield from running_server()
 
 
 @pytest.fixture(scope="module")
