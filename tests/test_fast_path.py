@@ -46,9 +46,13 @@ def test_the_claim_check_reads_the_global_surfaces_grid_scores_and_matches_a_fre
             exact = maker.score_place(q, lat, lon)
         finally:
             maker._coarse_scores = maker_scores
-        assert fast.level == pytest.approx(exact.level, abs=1e-6)
-        assert fast.evidence == pytest.approx(exact.evidence, rel=1e-5)
-        assert fast.region_area_km2 == pytest.approx(exact.region_area_km2, rel=1e-6)
+        # The kept scores come from a (cells, 3) matmul, the fresh pass from a (cells,) one: float32 rounds them
+        # apart by ~1e-6 per score (CI's CPU measured a level 7.7e-6 off), and a cell at the 90% boundary may
+        # flip, so the region may differ by one cached cell (at most an equatorial one's area).
+        assert fast.level == pytest.approx(exact.level, abs=1e-4)
+        assert fast.evidence == pytest.approx(exact.evidence, rel=1e-4)
+        one_cell_km2 = float(row_cell_area_km2(maker.grid_surface(q)).max())
+        assert abs(fast.region_area_km2 - exact.region_area_km2) <= one_cell_km2
 
 
 def test_another_head_or_query_does_not_read_a_kept_score(maker):
