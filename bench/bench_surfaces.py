@@ -1,6 +1,6 @@
 """Per-photo cost of surfaces (global, regional, credible regions, GeoTIFFs) after the image embedding, for the
-`small` and paper-size (`gtloc-vitl14`) location encoders with random weights, and the regional lattice's error
-against exact evaluation. Grid constants are built once into a temporary cache (timed separately).
+`small` and paper-size (`gtloc-vitl14`) location encoders with random weights. Grid constants are built once into a
+temporary cache (timed separately). The regional surfaces' error against every cell exactly: bench_regional.py.
 
 Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/bench_surfaces.py [--presets small gtloc-vitl14] [--photos 5]
 
@@ -11,7 +11,6 @@ is not reproducible); the grid build is wall time.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -20,20 +19,11 @@ import numpy as np
 import torch
 
 from gtloc_engine.inference.regions import credible_regions
-from gtloc_engine.inference.surfaces import SurfaceConfig, SurfaceMaker, credible_level, find_candidates
+from gtloc_engine.inference.surfaces import SurfaceMaker, credible_level, find_candidates
 from gtloc_engine.io.rasters import write_surface_geotiff
 from gtloc_engine.model import GTLoc, preset
 
 TINY_BACKBONE = {"name": "gtloc-tiny-vit", "pretrained": None, "trainable": False}  # the image side is not timed
-
-
-def lattice_shape(maker: SurfaceMaker, r) -> tuple[int, int]:
-    """Encoder evaluations behind one regional surface (as SurfaceMaker._regional lays its lattice)."""
-    lat, lon = (r.bounds_deg[1] + r.bounds_deg[3]) / 2, (r.bounds_deg[0] + r.bounds_deg[2]) / 2
-    row_km, col_km = maker.regional_steps_km(lat, lon)
-    cell_km = r.res_deg * 111.19
-    return (min(r.shape[0], math.ceil((r.shape[0] - 1) * cell_km / row_km) + 1),
-            min(r.shape[1], math.ceil((r.shape[1] - 1) * cell_km * math.cos(math.radians(lat)) / col_km) + 1))
 
 
 def timed(fn, *args, **kwargs):
@@ -60,8 +50,6 @@ def main() -> None:
             maker = SurfaceMaker(model, global_res_deg=args.global_res, cache_dir=tmp)
             t_init = time.perf_counter() - t0
             _, t_warm = timed(SurfaceMaker, model, global_res_deg=args.global_res, cache_dir=tmp)
-            exact = SurfaceMaker(model, global_res_deg=args.global_res, cache_dir=tmp,
-                                 config=SurfaceConfig(regional_sample_km=1.0))
             rows = []
             for i, place in enumerate(places):
                 with torch.inference_mode():
@@ -75,15 +63,12 @@ def main() -> None:
                 _, t_cr = timed(credible_regions, g)
                 t_w = sum(timed(write_surface_geotiff, Path(tmp_out) / f"{name}-{i}-{j}.tif", s)[1]
                           for j, s in enumerate([g, *regs]))
-                ex = exact.regional_surfaces(q, g, n_modes=3)
-                l1 = np.mean([np.abs(a.mass_per_cell - b.mass_per_cell).sum() / b.total_mass for a, b in zip(regs, ex)])
-                lattice = sum(math.prod(lattice_shape(maker, r)) for r in regs)
-                rows.append((t_g, t_r, t_c + t_l, t_cr, t_w, l1, lattice))
+                rows.append((t_g, t_r, t_c + t_l, t_cr, t_w))
             t = np.median(np.array(rows), axis=0)
             print(f"{name}: D={model.cfg.embed_dim}, grid {maker.coarse_res_deg} deg built in {t_init:.1f} s "
                   f"(cached: {t_warm:.2f} s); per photo, CPU s (median of {len(places)}): global {args.global_res} deg "
                   f"{t[0]:.3f} s, 3 regional {t[1]:.3f} s, candidates+level {t[2]:.3f} s, regions {t[3]:.3f} s, "
-                  f"4 GeoTIFFs {t[4]:.3f} s; regional: {t[6]:.0f} encoder points, L1 vs exact {t[5]:.3f}")
+                  f"4 GeoTIFFs {t[4]:.3f} s")
 
 
 if __name__ == "__main__":

@@ -71,9 +71,12 @@ def test_regional_windows_in_one_encoder_call_match_one_call_per_window(maker):
         fast = maker.regional_surfaces(q, surface, n_modes=3, cell_km=2.0)
         modes = find_candidates(surface, 3, radius_km=maker.config.candidate_radius_km)
         assert len(fast) == len(modes) == 3
-        for mode, got in zip(modes, fast):  # the exact path: each window's lattice through the encoder alone
+        for mode, got in zip(modes, fast):  # the reference: each window through the encoder alone
             window = maker._regional_window(mode.lat_deg, mode.lon_deg, 2.0)
-            exact = maker._regional_surface(window, maker.scores_at(q, window.lattice_latlon_deg), surface.log_norm)
+            assert window.branch_lattices  # the coarser branches ran on lattices of their own
+            cells = [maker.cell_scores(window, maker.lattice_scores(q, [window])[0])]
+            maker._refine_regional(q, [window], cells, "img_gps")
+            exact = maker._regional_surface(window, cells[0], surface.log_norm)
             assert got.shape == exact.shape and (got.west_deg, got.north_deg) == (exact.west_deg, exact.north_deg)
             np.testing.assert_allclose(got.mass_per_cell, exact.mass_per_cell, rtol=1e-3,
                                        atol=1e-3 * exact.mass_per_cell.max())
@@ -83,6 +86,53 @@ def test_regional_windows_in_one_encoder_call_match_one_call_per_window(maker):
             assert max(abs(a - b) for a, b in zip(top_got, top_exact)) <= 1  # top-1 within one cell
             levels_got = [(r.level, r.cell_deg) for r in credible_regions(got, levels=(0.001, 0.01))]
             assert levels_got == [(r.level, r.cell_deg) for r in credible_regions(exact, levels=(0.001, 0.01))]
+
+
+def regional_errors(maker: SurfaceMaker, reference: SurfaceMaker, qs: np.ndarray, cell_km: float) -> np.ndarray:
+    """Per window: (L1 of the masses / the reference's window mass, top cell's offset in cells, |window mass / the
+    reference's - 1|), the reference's global surface and modes shared."""
+    rows = []
+    for q in qs:
+        surface = reference.global_surface(q)
+        for got, ref in zip(maker.regional_surfaces(q, surface, n_modes=3, cell_km=cell_km),
+                            reference.regional_surfaces(q, surface, n_modes=3, cell_km=cell_km)):
+            assert got.shape == ref.shape
+            top_got = np.unravel_index(np.argmax(got.density_per_km2), got.shape)
+            top_ref = np.unravel_index(np.argmax(ref.density_per_km2), ref.shape)
+            rows.append((np.abs(got.mass_per_cell - ref.mass_per_cell).sum() / ref.total_mass,
+                         max(abs(a - b) for a, b in zip(top_got, top_ref)), abs(got.total_mass / ref.total_mass - 1)))
+    return np.array(rows)
+
+
+def diffuse_queries(maker: SurfaceMaker, n: int = 4) -> np.ndarray:
+    """Queries near real places' embeddings, with noise: posteriors with structure in every window, as photos give."""
+    g = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        emb = maker.model.embed_locations(torch.tensor([[48.8, 2.3], [-33.9, 151.2], [64.1, -21.9], [1.3, 103.8]][:n]))
+    q = emb + 0.7 * torch.randn(emb.shape, generator=g) / emb.shape[1] ** 0.5
+    return (q / q.norm(dim=1, keepdim=True)).numpy()
+
+
+def test_regional_surfaces_are_closer_to_every_cell_exactly_than_one_interpolated_lattice(maker, tmp_path):
+    """The default (coarser branches on lattices of their own, the densest cells exact) against every cell through
+    the encoder, and against the path it replaced (every branch on the shortest period's lattice, no exact cells)."""
+    import dataclasses
+
+    def variant(**changes):
+        return SurfaceMaker(maker.model, global_res_deg=0.5, cache_dir=tmp_path,
+                            config=dataclasses.replace(CONFIG, **changes))
+
+    cell_km = 4.0  # 25 x 25+ cells a window: every cell exactly stays cheap for the tiny model
+    qs = diffuse_queries(maker)
+    exact = variant(branch_lattices=False, regional_sample_km=cell_km)
+    fast = regional_errors(maker, exact, qs, cell_km)
+    before = regional_errors(variant(branch_lattices=False, regional_refine_cells=0), exact, qs, cell_km)
+    assert (fast[:, 1] <= 1).all()  # top-1 within one cell of the exact one in every window
+    assert fast[:, 2].max() <= 0.02  # each window's mass within 2%
+    assert np.median(fast[:, 0]) <= np.median(before[:, 0]) and fast[:, 0].max() <= before[:, 0].max()
+    branch_only = regional_errors(variant(regional_refine_cells=0), variant(branch_lattices=False,
+                                                                            regional_refine_cells=0), qs, cell_km)
+    assert branch_only[:, 0].max() <= 0.03 and (branch_only[:, 1] <= 1).all()  # the branch lattices alone
 
 
 @pytest.mark.parametrize("west, north, res, rows", [(-180.0, 90.0, 0.25, 720), (10.3, 47.2, 0.009, 101),

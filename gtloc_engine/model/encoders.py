@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -60,9 +61,12 @@ class RFFEncoder(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.branches = nn.ModuleList(RFFBranch(s, input_dim, cfg, embed_dim, generator) for s in cfg.sigmas)
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        out = self.branches[0](v)
-        for branch in self.branches[1:]:
+    def forward(self, v: torch.Tensor, branches: Sequence[int] | None = None) -> torch.Tensor:
+        """The sum of every branch's output, or of the `branches` given (by index): the sum over all of them is the
+        encoding, so a caller may evaluate each branch where its own scale needs it (regional surfaces)."""
+        chosen = [self.branches[i] for i in (range(len(self.branches)) if branches is None else branches)]
+        out = chosen[0](v)
+        for branch in chosen[1:]:
             out = out + branch(v)
         return out
 
@@ -74,8 +78,8 @@ class LocationEncoder(nn.Module):
         super().__init__()
         self.rff = RFFEncoder(2, cfg, embed_dim, seed)
 
-    def forward(self, latlon_deg: torch.Tensor) -> torch.Tensor:
-        return self.rff(equal_earth(latlon_deg))
+    def forward(self, latlon_deg: torch.Tensor, branches: Sequence[int] | None = None) -> torch.Tensor:
+        return self.rff(equal_earth(latlon_deg), branches)
 
 
 # The authors' unit conversions (src/model/time_encoder.py), as Python floats: the float32 operations below

@@ -69,7 +69,12 @@ class GTLoc(nn.Module):
         return self.embed_features(self.image_features(pixels))
 
     def embed_locations(self, latlon_deg: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.location_encoder(latlon_deg), dim=-1)
+        return self.unit_location_embeddings(self.location_encoder(latlon_deg))
+
+    @staticmethod
+    def unit_location_embeddings(branch_sum: torch.Tensor) -> torch.Tensor:
+        """embed_locations from the sum of every branch's output (LocationEncoder(..., branches=...) in parts)."""
+        return F.normalize(branch_sum, dim=-1)
 
     def embed_times(self, torus: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.time_encoder(torus), dim=-1)
