@@ -320,6 +320,36 @@ def test_rasters_are_written_recorded_and_sum_to_the_posterior(pipeline, album, 
     assert summary.n_photos == 3 and summary.n_failed == 0  # the .tif files were not taken for photos
 
 
+def test_a_geotiff_that_cannot_be_written_fails_its_photo_only_and_the_rerun_writes_it(pipeline, album, tmp_path):
+    """GeoTIFFs are written on a background thread while the next photo is computed: a file that cannot be written
+    (here a folder in its place) turns that photo's finished rows into a failure before the batch commits."""
+    out, rasters = tmp_path / "results.gpkg", tmp_path / "rasters"
+    stem = f"time_only_{pipeline_sha(album / 'time_only.jpg')[:12]}_{pipeline.model_sha256[:8]}"
+    blocker = rasters / f"{stem}_regional_2.tif"
+    blocker.mkdir(parents=True)
+    summary = pipeline.run([album], out, rasters_dir=rasters, batch_size=3)
+    assert summary.n_done == 2 and summary.n_failed == 1, summary
+    [(path, reason)] = summary.failures
+    assert path.endswith("time_only.jpg") and str(blocker) in reason and "another rasters folder" in reason
+    rows = _photos(out)
+    assert "time_only.jpg" not in rows.index and len(rows) == 2
+    assert all(Path(p).is_file() for p in summary.rasters) and len(summary.rasters) == 2 * 4
+    assert not any(stem in p for p in summary.rasters)
+    with sqlite3.connect(out) as db:
+        assert db.execute("SELECT count(*) FROM failures WHERE path LIKE '%time_only.jpg'").fetchone()[0] == 1
+        assert db.execute("SELECT count(*) FROM candidates WHERE path LIKE '%time_only.jpg'").fetchone()[0] == 0
+    db.close()
+    assert validate_gpkg(out) == []
+    assert not list(rasters.glob(".*.tmp"))  # no temp file left behind
+
+    blocker.rmdir()
+    again = pipeline.run([album], out, rasters_dir=rasters, batch_size=3)  # the failure is retried
+    assert (again.n_done, again.n_skipped, again.n_failed) == (1, 2, 0)
+    row = _photos(out).loc["time_only.jpg"]
+    assert [Path(p).is_file() for p in [row.raster_global, *json.loads(row.raster_regional)]] == [True] * 4
+    assert _table_count(out, "failures") == 0
+
+
 # ------------------------------------------------------------------------------------------- hostile input
 
 

@@ -8,7 +8,9 @@ and its check against the time posterior (inference/sun_check.py); one row per p
 a claimed place at the point itself on the model's cached grid (SurfaceMaker.score_place), so its level, evidence
 and verdict are the same at every global_res_deg (recorded as surface_res_deg). Into a GeoPackage, each photo also
 gets a thumbnail and a time-posterior plot in `<case>_thumbs/` beside it (io/thumbnails.py; a thumbnail, named by
-the photo's bytes, is reused when it exists).
+the photo's bytes, is reused when it exists). GeoTIFFs (`rasters_dir`) are written on a background thread while the
+next photo is computed; the batch waits for them before its commit, and a photo whose file could not be written is
+recorded as a failure instead of a row naming a missing file.
 
 Where given when: with `given_time` (a known local capture time, e.g. when the photo was posted), every photo's
 location surface is that of the it2g head, the fused image + time query normalize(image + time_emb(t)) against
@@ -173,6 +175,7 @@ class PhotoPipeline:
         self.predictor = Predictor(self.model, gallery_latlon_deg=np.empty((0, 2)), cache_dir=cache_dir,
                                    time_gallery_fields=time_gallery_fields, global_res_deg=config.global_res_deg)
         self._given: tuple[str, torch.Tensor] | None = None  # the known time of the current run (where given when)
+        self._writes: _RasterWrites | None = None  # the current run's background GeoTIFF writes (with rasters)
         self.profile: StageProfile | None = None  # per-stage wall seconds (bench); None: not measured
 
     def _stage(self, name: str):
@@ -242,6 +245,7 @@ class PhotoPipeline:
         backbone = self.model.backbone
         batches = iter_pixel_batches([group[0].path for group in groups], backbone.preprocess, batch_size=batch_size,
                                      workers=workers, draft_px=backbone.image_size)
+        self._writes = _RasterWrites(self.profile) if rasters is not None else None
         try:
             for batch in (batches if self.profile is None else self.profile.timed(batches, "decode")):
                 for i, reason in batch.failures:
@@ -258,8 +262,15 @@ class PhotoPipeline:
                     for i, image_emb in zip(batch.indices, emb):
                         try:
                             self._analyse(store, summary, groups[i], image_emb, rasters)
-                        except GtlocError as exc:  # e.g. a raster that cannot be written: this photo only
+                        except GtlocError as exc:  # e.g. a surface that cannot be drawn: this photo only
+                            if self._writes is not None:
+                                self._writes.discard(groups[i])
                             self._fail(store, summary, groups[i], str(exc))
+                if self._writes is not None:
+                    with self._stage("raster_wait"):  # the batch's GeoTIFFs, written while it went on
+                        for group, reason in self._writes.settle(summary):
+                            summary.n_done -= len(group)  # its rows were set: the failure replaces them
+                            self._fail(store, summary, group, reason)
                 n_finished = sum(len(groups[i]) for i in [*batch.indices, *(j for j, _ in batch.failures)])
                 with self._stage("gpkg_write"):
                     store.commit()  # one transaction per batch, before the progress report: "n done" can be read
@@ -270,6 +281,9 @@ class PhotoPipeline:
                     break
         finally:
             batches.close()  # stops the decoding threads now, also on cancel or an exception
+            if self._writes is not None:
+                self._writes.close()  # waits for writes under way: no half-written temp file is left behind
+                self._writes = None
         return summary
 
     # ------------------------------------------------------------------------------------------ steps
@@ -350,7 +364,7 @@ class PhotoPipeline:
                                                                  region_level=self.config.thresholds.consistent_below)
             if rasters_dir is not None:
                 with self._stage("rasters"):
-                    self._write_rasters(row, summary, surface, place_query, head, first, rasters_dir)
+                    self._write_rasters(row, group, surface, place_query, head, first, rasters_dir)
         else:
             notes.append("location head not trained: no place prediction")
 
@@ -425,24 +439,23 @@ class PhotoPipeline:
                 notes.append(f"time plot not written ({exc})")
         return notes
 
-    def _write_rasters(self, row: dict, summary: PredictSummary, surface, place_query: np.ndarray, head: str,
+    def _write_rasters(self, row: dict, group: list[_Photo], surface, place_query: np.ndarray, head: str,
                        photo: _Photo, rasters_dir: Path) -> None:
-        from gtloc_engine.io.rasters import write_surface_geotiff
-
+        """The photo's regional surfaces, and its GeoTIFFs handed to the background writer (_RasterWrites); the
+        row names the files, which the batch's settle() confirms or turns into the photo's failure."""
         stem = f"{_SAFE_NAME_RE.sub('_', photo.path.stem)[:40]}_{photo.sha256[:12]}_{self.model_sha256[:8]}"
         tags = {"photo_sha256": photo.sha256, "model_sha256": self.model_sha256}
-        with self._stage("raster_global_write"):
-            global_path = write_surface_geotiff(rasters_dir / f"{stem}_global.tif", surface, tags=tags)
+        global_path = rasters_dir / f"{stem}_global.tif"
+        writes = self._writes
+        writes.submit(group, "raster_global_write", [(global_path, surface)], tags)  # compresses while we go on
         with self._stage("regional_surfaces"):
             regionals = self.surface_maker.regional_surfaces(
                 place_query, surface, n_modes=self.config.regional_modes, cell_km=self.config.regional_cell_km,
                 head=head)
-        with self._stage("raster_regional_write"):
-            regional_paths = [write_surface_geotiff(rasters_dir / f"{stem}_regional_{k}.tif", regional, tags=tags)
-                              for k, regional in enumerate(regionals, start=1)]
+        regional_paths = [rasters_dir / f"{stem}_regional_{k}.tif" for k in range(1, len(regionals) + 1)]
+        writes.submit(group, "raster_regional_write", list(zip(regional_paths, regionals)), tags)
         row["raster_global"] = str(global_path)
         row["raster_regional"] = json.dumps([str(p) for p in regional_paths]) if regional_paths else None
-        summary.rasters += [str(global_path), *map(str, regional_paths)]
 
 
 # ---------------------------------------------------------------------------------------------- row fields
@@ -510,6 +523,63 @@ def _put_map_time(row: dict, claims: ExifClaims, estimate: TimeEstimate | None) 
 
 
 # ---------------------------------------------------------------------------------------------- run helpers
+
+
+class _RasterWrites:
+    """A run's GeoTIFF writes on one background thread: GDAL compresses with the GIL released, so a photo's COGs
+    are written while the next photo's surfaces are computed. The batch calls settle() before its commit: every
+    write of the batch is then finished, and a photo whose file could not be written is returned, to become a
+    failure instead of a row that names a missing file. Memory is bounded by one batch's surfaces."""
+
+    def __init__(self, profile: StageProfile | None):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtloc-rasters")
+        self._pending: list[tuple[list[_Photo], list[Path], object]] = []
+        self._discarded: set[int] = set()  # id() of groups that failed on the main thread
+        self._profile = profile
+
+    def submit(self, group: list[_Photo], stage: str, files: list[tuple[Path, object]], tags: dict) -> None:
+        self._pending.append((group, [path for path, _ in files], self._pool.submit(self._write, stage, files, tags)))
+
+    def _write(self, stage: str, files: list[tuple[Path, object]], tags: dict) -> None:
+        from gtloc_engine.io.rasters import write_surface_geotiff
+
+        t0 = time.perf_counter()
+        try:
+            for path, surface in files:
+                try:
+                    write_surface_geotiff(path, surface, tags=tags)
+                except OSError as exc:  # disk full, no permission, a folder in the way
+                    raise GtlocError(f"GeoTIFF {path} could not be written ({exc}); free disk space or choose "
+                                     "another rasters folder") from exc
+        finally:
+            if self._profile is not None:
+                self._profile.add(stage, time.perf_counter() - t0)
+
+    def discard(self, group: list[_Photo]) -> None:
+        """The photo failed after handing over its files: they are still written, but neither listed nor checked."""
+        self._discarded.add(id(group))
+
+    def settle(self, summary: PredictSummary) -> list[tuple[list[_Photo], str]]:
+        """Wait for the submitted writes; (group, reason) for each photo whose files could not all be written.
+        The files of the others go into summary.rasters."""
+        failed: dict[int, tuple[list[_Photo], str]] = {}
+        written: dict[int, list[str]] = {}
+        for group, paths, future in self._pending:
+            try:
+                future.result()
+                written.setdefault(id(group), []).extend(map(str, paths))
+            except GtlocError as exc:
+                failed.setdefault(id(group), (group, str(exc)))
+        for key, paths in written.items():
+            if key not in failed and key not in self._discarded:
+                summary.rasters += paths
+        self._pending.clear()
+        failures = [failure for key, failure in failed.items() if key not in self._discarded]
+        self._discarded.clear()
+        return failures
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Ticker:
