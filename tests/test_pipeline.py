@@ -4,6 +4,7 @@ failures, cancel, commits per batch; `gtloc predict` as a real subprocess, also 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -31,7 +32,7 @@ from PIL.TiffImagePlugin import IFDRational
 from gpkg_validator import validate_gpkg
 
 from gtloc_engine.errors import GtlocError
-from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig, predict_to_geopackage
+from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig, StageProfile, predict_to_geopackage
 from gtloc_engine.io.exif import write_jpeg_with_exif
 
 PARIS_LATLON = (48.8566, 2.3522)
@@ -240,6 +241,44 @@ def test_cancel_stops_after_the_batch_and_keeps_a_valid_file(pipeline, album, tm
     assert validate_gpkg(out) == []
     summary = pipeline.run([album], out)
     assert (summary.n_done, summary.n_skipped) == (2, 1) and len(_photos(out)) == 3
+
+
+class ThreadRecordingProfile(StageProfile):
+    """A real StageProfile that also notes, per stage, the threads it ran on and the order the stages began."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: dict[str, set[str]] = {}
+        self.began: list[str] = []
+
+    def stage(self, name):
+        self.threads.setdefault(name, set()).add(threading.current_thread().name)
+        self.began.append(name)
+        return super().stage(name)
+
+
+def test_the_next_batchs_forward_runs_on_a_thread_while_this_batch_is_analysed(trained_checkpoint, cache_dir,
+                                                                               album, tmp_path):
+    rows = {}
+    for overlap in (True, False):
+        pipe = PhotoPipeline(trained_checkpoint, top_k=3, cache_dir=cache_dir,
+                             config=dataclasses.replace(FAST, overlap_forward=overlap))
+        pipe.profile = profile = ThreadRecordingProfile()
+        summary = pipe.run([album], tmp_path / f"{overlap}.gpkg", batch_size=1)
+        assert summary.n_done == 3 and not summary.failures
+        rows[overlap] = _photos(tmp_path / f"{overlap}.gpkg").sort_index()
+        forward_threads = profile.threads["forward"]
+        assert profile.threads["global_surface_candidates"] == {threading.main_thread().name}
+        if overlap:
+            assert len(forward_threads) == 1 and next(iter(forward_threads)).startswith("gtloc-forward")
+            # One batch ahead, never more: when a photo's geodata begins, at most the next photo's forward has.
+            order = [name for name in profile.began if name in ("forward", "global_surface_candidates")]
+            assert len(order) == 6 and all(order[:k].count("forward") - order[:k].count("global_surface_candidates")
+                                           <= 2 for k in range(len(order) + 1))
+        else:
+            assert forward_threads == {threading.main_thread().name}
+    columns = ["pred_lat_deg", "pred_lon_deg", "top1_prob", "place_level", "pred_month", "pred_hour_local", "verdict"]
+    assert rows[True][columns].equals(rows[False][columns])
 
 
 def test_each_batch_is_committed_before_its_progress_report(pipeline, album, tmp_path):

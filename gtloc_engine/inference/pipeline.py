@@ -88,6 +88,7 @@ class PipelineConfig:
     regional_cell_km: float = 1.0
     regions: RegionConfig = field(default_factory=RegionConfig)  # at most max_polygons polygons per level
     sun: SunCheckConfig = field(default_factory=SunCheckConfig)  # when a claim's light regime disagrees
+    overlap_forward: bool = True  # the next batch's backbone forward while this batch's geodata is computed
 
 
 @dataclass
@@ -246,19 +247,12 @@ class PhotoPipeline:
         batches = iter_pixel_batches([group[0].path for group in groups], backbone.preprocess, batch_size=batch_size,
                                      workers=workers, draft_px=backbone.image_size)
         self._writes = _RasterWrites(self.profile) if rasters is not None else None
+        embedded = self._embedded(batches if self.profile is None else self.profile.timed(batches, "decode"))
         try:
-            for batch in (batches if self.profile is None else self.profile.timed(batches, "decode")):
+            for batch, emb in embedded:
                 for i, reason in batch.failures:
                     self._fail(store, summary, groups[i], reason)
-                if batch.pixels is not None:
-                    with torch.inference_mode():
-                        if self.profile is None or batch.pixels.ndim != 4:
-                            emb = self.model.embed_images(batch.pixels).numpy()
-                        else:  # embed_images in its two steps, timed apart
-                            with self.profile.stage("forward"):
-                                features = self.model.image_features(batch.pixels)
-                            with self.profile.stage("adapter"):
-                                emb = self.model.embed_features(features).numpy()
+                if emb is not None:
                     for i, image_emb in zip(batch.indices, emb):
                         try:
                             self._analyse(store, summary, groups[i], image_emb, rasters)
@@ -280,6 +274,7 @@ class PhotoPipeline:
                     log.info("cancelled: writing the %d photos finished so far", summary.n_done)
                     break
         finally:
+            embedded.close()  # waits for a forward under way
             batches.close()  # stops the decoding threads now, also on cancel or an exception
             if self._writes is not None:
                 self._writes.close()  # waits for writes under way: no half-written temp file is left behind
@@ -287,6 +282,37 @@ class PhotoPipeline:
         return summary
 
     # ------------------------------------------------------------------------------------------ steps
+
+    def _embedded(self, batches: Iterable) -> Iterator[tuple[object, np.ndarray | None]]:
+        """(batch, image embeddings or None) in order. With config.overlap_forward, the next batch is decoded and
+        run through the backbone on a thread while the caller analyses this one (one batch ahead, no more), so a
+        run takes about the slower of the two stages per batch rather than their sum."""
+        it = iter(batches)
+
+        def step():
+            batch = next(it, _END)
+            return batch if batch is _END else (batch, self._embed(batch.pixels))
+
+        if not self.config.overlap_forward:
+            while (item := step()) is not _END:
+                yield item
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtloc-forward") as pool:
+            ahead = pool.submit(step)
+            while (item := ahead.result()) is not _END:
+                ahead = pool.submit(step)  # the forward of the next batch, while this one is analysed
+                yield item
+
+    def _embed(self, pixels: torch.Tensor | None) -> np.ndarray | None:
+        if pixels is None:
+            return None
+        with torch.inference_mode():  # per thread: the forward may run on the look-ahead thread
+            if self.profile is None or pixels.ndim != 4:
+                return self.model.embed_images(pixels).numpy()
+            with self.profile.stage("forward"):  # embed_images in its two steps, timed apart
+                features = self.model.image_features(pixels)
+            with self.profile.stage("adapter"):
+                return self.model.embed_features(features).numpy()
 
     def _given_time_query(self, given_time: TimeLike | None) -> tuple[str, torch.Tensor] | None:
         """(local ISO string, unit time embedding) of a known capture time, or None; refused without the heads."""
