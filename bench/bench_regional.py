@@ -63,6 +63,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", help="a random model of this preset instead of GeoCLIP's encoder (e.g. tiny)")
     ap.add_argument("--cell-km", type=float, default=1.0)
+    ap.add_argument("--cache-dir", help="the model's grid constants (default: built into a temporary folder)")
     ap.add_argument("--sweep", action="store_true", help="also denser lattices (slow: ~10 s a photo at 16 samples)")
     ap.add_argument("--out", help="write the numbers as JSON here")
     args = ap.parse_args()
@@ -80,10 +81,11 @@ def main() -> int:
 
             model = load_checkpoint(import_geoclip(Path(tmp) / "geoclip.safetensors"), load_backbone=False)
             source = "GeoCLIP's released location encoder"
-        base = SurfaceConfig(coarse_res_deg=1.0)  # the global surface only places the windows: a 1 deg grid will do
+        base = SurfaceConfig()  # the pipeline's: 0.25 deg global surfaces from the 0.5 deg cached grid, 50 km windows
 
         def maker(**changes) -> SurfaceMaker:
-            return SurfaceMaker(model, global_res_deg=0.5, cache_dir=tmp, config=dataclasses.replace(base, **changes))
+            return SurfaceMaker(model, global_res_deg=0.25, cache_dir=args.cache_dir or tmp,
+                                config=dataclasses.replace(base, **changes))
 
         exact = maker(branch_lattices=False, regional_sample_km=args.cell_km)
         g = torch.Generator().manual_seed(0)

@@ -74,8 +74,9 @@ def test_regional_windows_in_one_encoder_call_match_one_call_per_window(maker):
         for mode, got in zip(modes, fast):  # the reference: each window through the encoder alone
             window = maker._regional_window(mode.lat_deg, mode.lon_deg, 2.0)
             assert window.branch_lattices  # the coarser branches ran on lattices of their own
-            cells = [maker.cell_scores(window, maker.lattice_scores(q, [window])[0])]
-            maker._refine_regional(q, [window], cells, "img_gps")
+            [(lattice, grids)] = maker._lattice_parts(q, [window], "img_gps")
+            cells = [maker.cell_scores(window, lattice)]
+            maker._refine_regional(q, [window], [grids], cells, "img_gps")
             exact = maker._regional_surface(window, cells[0], surface.log_norm)
             assert got.shape == exact.shape and (got.west_deg, got.north_deg) == (exact.west_deg, exact.north_deg)
             np.testing.assert_allclose(got.mass_per_cell, exact.mass_per_cell, rtol=1e-3,
@@ -86,6 +87,30 @@ def test_regional_windows_in_one_encoder_call_match_one_call_per_window(maker):
             assert max(abs(a - b) for a, b in zip(top_got, top_exact)) <= 1  # top-1 within one cell
             levels_got = [(r.level, r.cell_deg) for r in credible_regions(got, levels=(0.001, 0.01))]
             assert levels_got == [(r.level, r.cell_deg) for r in credible_regions(exact, levels=(0.001, 0.01))]
+
+
+def test_the_densest_regional_cells_are_scored_as_the_encoder_scores_them(maker):
+    """The refined cells: the finest branch through the encoder, the coarser ones interpolated from their own
+    lattices; against all branches through the encoder at the same cells (scores_at)."""
+    for q in diffuse_queries(maker):
+        surface = maker.global_surface(q)
+        mode = find_candidates(surface, 1, radius_km=maker.config.candidate_radius_km)[0]
+        window = maker._regional_window(mode.lat_deg, mode.lon_deg, 2.0)
+        [(lattice, grids)] = maker._lattice_parts(q, [window], "img_gps")
+        cells = [maker.cell_scores(window, lattice)]
+        interpolated = cells[0].copy()
+        maker._refine_regional(q, [window], [grids], cells, "img_gps")
+        n = maker.config.regional_refine_cells  # the window's n highest-scoring cells, by the interpolated scores
+        changed = np.unravel_index(np.argpartition(-interpolated.ravel(), n - 1)[:n], interpolated.shape)
+        untouched = np.ones(interpolated.shape, bool)
+        untouched[changed] = False
+        assert np.array_equal(cells[0][untouched], interpolated[untouched])  # every other cell as interpolated
+        lat = window.north_deg - (changed[0] + 0.5) * window.res_deg
+        lon = window.west_deg + (changed[1] + 0.5) * window.res_deg
+        exact = maker.scores_at(q, np.stack((lat, lon), axis=-1))
+        # scores are log densities: 0.01 is a 1% density error, against up to several % for the lattice alone
+        assert np.abs(cells[0][changed] - exact).max() <= 0.01
+        assert np.abs(cells[0][changed] - exact).max() < np.abs(interpolated[changed] - exact).max()
 
 
 def regional_errors(maker: SurfaceMaker, reference: SurfaceMaker, qs: np.ndarray, cell_km: float) -> np.ndarray:

@@ -37,16 +37,19 @@ Cost per photo (everything after the image embedding); the location encoder runs
   period (1 / the largest row norm of B, in Equal Earth units: ~14 x 19 km at the equator for GeoCLIP's sigma
   2^8) along each axis, converted to km through the local Jacobian of the projection (denser at high latitudes,
   where Equal Earth stretches longitudes). The encoder is a sum of branches, one per sigma, so each coarser branch
-  runs on a lattice of its own period (`branch_samples_per_period`, 32: GeoCLIP's sigma 2^4 branch on ~18 x 21
-  points a window, sigma 2^0 on 4 x 4) and its 512-d outputs are interpolated to the window's lattice before the
-  sum is normalised (not across the antimeridian, where Equal Earth's x jumps). The finest branch is not
+  runs on a lattice of its own period (`branch_samples_per_period`, 32: GeoCLIP's sigma 2^4 branch on 11 x 13
+  points a window at 48 N, against 24 x 27 for sigma 2^8; sigma 2^0 on 4 x 4) and its 512-d outputs are
+  interpolated to the window's lattice before the sum is normalised (not across the antimeridian, where Equal
+  Earth's x jumps). The finest branch is not
   band-limited at its period: its ReLUs put structure below the lattice's spacing, and with GeoCLIP's logit scale
   (39.7) that is large. So the `regional_refine_cells` (256) highest-scoring cells of each window are then scored
-  exactly. Measured against every cell through the encoder (GeoCLIP's released encoder, 16 noisy place queries, 48
-  windows of 1 km cells; bench/README.md): the lattice alone was 14% off in L1 of the mass (median; 94% at worst,
-  and the top cell more than a cell off in 16 of 48 windows); with the 256 exact cells, 8.7% (15% at worst, each
-  window's mass within 1.5%, the top cell within one), in 0.35 s a photo for 3 windows instead of 0.56.
-  `regional_sample_km <= cell_km` evaluates every cell (18 s a photo for GeoCLIP on 2 CPU cores).
+  exactly: the finest branch through the encoder, the coarser ones interpolated from their own lattices (within
+  0.01 of the full encoder's score, tested). Measured against every cell through the encoder (GeoCLIP's released
+  encoder, 16 noisy place queries, 48 windows of 1 km cells at the default 0.25 deg; bench/bench_regional.py): the
+  lattice alone was 15% off in L1 of the mass (median; 97% at worst, a window's mass up to 92% off, the top cell
+  more than a cell off in 10 of 48 windows); with the 256 exact cells, 8.3% (14% at worst, each window's mass
+  within 1.7%, the top cell within one), in 0.17 s a photo for 3 windows instead of 0.22.
+  `regional_sample_km <= cell_km` evaluates every cell (6.3 s a photo for GeoCLIP on 2 CPU cores).
 - Modes (`find_candidates`): greedy non-maximum suppression on density: the densest cell, then the densest cell
   farther than 2 * radius_km from every chosen one, and so on. A candidate's probability is the mass within
   radius_km of it (discs do not overlap, so probabilities sum to at most 1).
@@ -232,6 +235,21 @@ class _RegionalWindow:
     branch_lattices: tuple[tuple[int, np.ndarray, tuple[int, int]], ...] = ()
 
 
+def _cubic_if(rows: int, cols: int) -> str:
+    """Bicubic interpolation where a lattice has the 4 x 4 points it needs, else bilinear."""
+    return "bicubic" if min(rows, cols) >= 4 else "bilinear"
+
+
+def _by_own_branches(windows: list[_RegionalWindow], only=None) -> dict[tuple[int, ...], list[int]]:
+    """Window indices (those in `only`, if given) grouped by which branches run on lattices of their own: each
+    group's other branches go through the encoder in one call."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, w in enumerate(windows):
+        if only is None or k in only:
+            groups.setdefault(tuple(b for b, _, _ in w.branch_lattices), []).append(k)
+    return groups
+
+
 def _normalised(log_mass: np.ndarray, west_deg: float, north_deg: float, res_deg: float, model_key: str) -> Surface:
     """A global Surface from unnormalised log masses (score + log cell area): masses sum to 1, log_norm kept."""
     log_mass = torch.from_numpy(np.asarray(log_mass, dtype=np.float64))
@@ -297,32 +315,36 @@ class SurfaceMaker:
         return torch.cat([self.model.location_encoder(torch.as_tensor(pts[i:i + 8192], dtype=torch.float32), branches)
                           for i in range(0, len(pts), 8192)])
 
-    @torch.inference_mode()
     def lattice_scores(self, image_emb: np.ndarray, windows: list[_RegionalWindow],
                        head: str = "img_gps") -> list[np.ndarray]:
         """Each window's scores on its lattice, the encoder run once for all windows: the branches with a lattice
         of their own (window.branch_lattices) on it, interpolated to the window's lattice, the others on that."""
+        return [scores for scores, _ in self._lattice_parts(image_emb, windows, head)]
+
+    @torch.inference_mode()
+    def _lattice_parts(self, image_emb: np.ndarray, windows: list[_RegionalWindow],
+                       head: str) -> list[tuple[np.ndarray, list[torch.Tensor]]]:
+        """lattice_scores, each with its coarser branches' outputs on their lattices as (1, D, rows, cols) grids."""
         q = torch.from_numpy(self._query(image_emb))
-        out: list[np.ndarray | None] = [None] * len(windows)
-        groups: dict[tuple[int, ...], list[int]] = {}  # windows with the same branches on lattices of their own
-        for k, w in enumerate(windows):
-            groups.setdefault(tuple(b for b, _, _ in w.branch_lattices), []).append(k)
-        for own, members in groups.items():
+        out: list = [None] * len(windows)
+        for own, members in _by_own_branches(windows).items():
             rest = [b for b in range(len(self.branch_periods)) if b not in own]
             sizes = [len(windows[k].lattice_latlon_deg) for k in members]
             total = self._branch_sum(np.concatenate([windows[k].lattice_latlon_deg for k in members]), rest)
             parts = list(torch.split(total, sizes))
+            grids: list[list[torch.Tensor]] = [[] for _ in members]
             for j, b in enumerate(own):
                 coarse = self._branch_sum(np.concatenate([windows[k].branch_lattices[j][1] for k in members]), [b])
                 for i, (k, values) in enumerate(zip(members, torch.split(
                         coarse, [len(windows[k].branch_lattices[j][1]) for k in members]))):
                     (mr, mc), (m_rows, m_cols) = windows[k].branch_lattices[j][2], windows[k].lattice_shape
                     grid = values.T.reshape(1, -1, mr, mc)  # (1, D, rows, cols): channels interpolate as one
-                    mode = "bicubic" if min(mr, mc) >= 4 else "bilinear"
-                    up = F.interpolate(grid, size=(m_rows, m_cols), mode=mode, align_corners=True)
+                    grids[i].append(grid)
+                    up = F.interpolate(grid, size=(m_rows, m_cols), mode=_cubic_if(mr, mc), align_corners=True)
                     parts[i] = parts[i] + up[0].reshape(up.shape[1], -1).T
-            for k, branch_sum in zip(members, parts):
-                out[k] = (self.scales[head] * (self.model.unit_location_embeddings(branch_sum) @ q)).numpy()
+            for i, (k, branch_sum) in enumerate(zip(members, parts)):
+                scores = (self.scales[head] * (self.model.unit_location_embeddings(branch_sum) @ q)).numpy()
+                out[k] = (scores, grids[i])
         return out
 
     def global_surface(self, image_emb: np.ndarray, head: str = "img_gps") -> Surface:
@@ -408,32 +430,42 @@ class SurfaceMaker:
         modes = find_candidates(global_surface, n_modes, radius_km=self.config.candidate_radius_km)
         windows = [self._regional_window(m.lat_deg, m.lon_deg, cell_km) for m in modes]
         # One encoder call for every window's lattice: larger batches run the encoder's matmuls faster.
-        cells = [self.cell_scores(w, lattice) for w, lattice in zip(windows, self.lattice_scores(image_emb, windows,
-                                                                                                 head))]
-        self._refine_regional(image_emb, windows, cells, head)
+        parts = self._lattice_parts(image_emb, windows, head)
+        cells = [self.cell_scores(w, lattice) for w, (lattice, _) in zip(windows, parts)]
+        self._refine_regional(image_emb, windows, [grids for _, grids in parts], cells, head)
         return [self._regional_surface(w, scores, global_surface.log_norm) for w, scores in zip(windows, cells)]
 
-    def _refine_regional(self, image_emb: np.ndarray, windows: list[_RegionalWindow], cells: list[np.ndarray],
-                         head: str) -> None:
-        """Exact scores, in place, at each window's regional_refine_cells highest-scoring (densest) cells, all in
-        one encoder call: the lattice misses what the encoder's ReLUs put below its spacing (module docstring)."""
+    @torch.inference_mode()
+    def _refine_regional(self, image_emb: np.ndarray, windows: list[_RegionalWindow],
+                         grids: list[list[torch.Tensor]], cells: list[np.ndarray], head: str) -> None:
+        """Exact scores, in place, at each window's regional_refine_cells highest-scoring (densest) cells: the
+        lattice misses what the finest branch's ReLUs put below its spacing (module docstring). The branches with a
+        lattice of their own are smooth there: their outputs are interpolated at the cells (`grids`), so only the
+        others run through the encoder, in one call per set of branches."""
         n = self.config.regional_refine_cells
-        picks, points = [], []
-        for w, scores in zip(windows, cells):
-            if n <= 0 or scores.size <= n or w.lattice_shape == w.shape:  # nothing to refine, or already exact
-                picks.append(None)
-                continue
-            rows, cols = np.unravel_index(np.argpartition(-scores.ravel(), n - 1)[:n], scores.shape)
-            picks.append((rows, cols))
-            points.append(np.stack((w.north_deg - (rows + 0.5) * w.res_deg, w.west_deg + (cols + 0.5) * w.res_deg),
-                                   axis=-1))
-        if not points:
-            return
-        exact = iter(np.split(self.scores_at(image_emb, np.concatenate(points), head),
-                              np.cumsum([len(p) for p in points])[:-1]))
-        for scores, pick in zip(cells, picks):
-            if pick is not None:
-                scores[pick] = next(exact)
+        q = torch.from_numpy(self._query(image_emb))
+        picks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for k, (w, scores) in enumerate(zip(windows, cells)):
+            if n > 0 and scores.size > n and w.lattice_shape != w.shape:  # else nothing to refine, or exact already
+                picks[k] = np.unravel_index(np.argpartition(-scores.ravel(), n - 1)[:n], scores.shape)
+        for own, members in _by_own_branches(windows, picks).items():
+            rest = [b for b in range(len(self.branch_periods)) if b not in own]
+            points = [np.stack((windows[k].north_deg - (picks[k][0] + 0.5) * windows[k].res_deg,
+                                windows[k].west_deg + (picks[k][1] + 0.5) * windows[k].res_deg), axis=-1)
+                      for k in members]
+            total = self._branch_sum(np.concatenate(points), rest)
+            for k, branch_sum in zip(members, torch.split(total, [len(p) for p in points])):
+                rows, cols = picks[k]
+                (n_rows, n_cols) = windows[k].shape
+                # Every lattice spans the first to the last cell centre: grid_sample's -1 and +1 (align_corners).
+                at = torch.from_numpy(np.stack((2.0 * cols / max(n_cols - 1, 1) - 1.0,
+                                                2.0 * rows / max(n_rows - 1, 1) - 1.0), axis=-1).astype(np.float32))
+                for grid in grids[k]:
+                    sampled = F.grid_sample(grid, at[None, None], mode=_cubic_if(*grid.shape[-2:]),
+                                            padding_mode="border", align_corners=True)  # (1, D, 1, N)
+                    branch_sum = branch_sum + sampled[0, :, 0].T
+                cells[k][rows, cols] = (self.scales[head] * (self.model.unit_location_embeddings(branch_sum)
+                                                             @ q)).numpy()
 
     def regional_steps_km(self, lat_deg: float, lon_deg: float, period: float | None = None) -> tuple[float, float]:
         """Regional lattice spacing (north-south, east-west) in km at a place, for the shortest Fourier period or
@@ -496,9 +528,8 @@ class SurfaceMaker:
         lattice = lattice_scores.reshape(m_rows, m_cols)
         if (m_rows, m_cols) == (n_rows, n_cols):
             return lattice.copy()
-        mode = "bicubic" if min(m_rows, m_cols) >= 4 else "bilinear"
-        return F.interpolate(torch.from_numpy(lattice)[None, None], size=(n_rows, n_cols), mode=mode,
-                             align_corners=True)[0, 0].numpy()
+        return F.interpolate(torch.from_numpy(lattice)[None, None], size=(n_rows, n_cols),
+                             mode=_cubic_if(m_rows, m_cols), align_corners=True)[0, 0].numpy()
 
     def _regional_surface(self, window: _RegionalWindow, scores: np.ndarray, log_norm: float) -> Surface:
         """The window's surface from its cells' scores, normalised as the global surface (module docstring)."""
