@@ -315,16 +315,12 @@ class SurfaceMaker:
         return torch.cat([self.model.location_encoder(torch.as_tensor(pts[i:i + 8192], dtype=torch.float32), branches)
                           for i in range(0, len(pts), 8192)])
 
-    def lattice_scores(self, image_emb: np.ndarray, windows: list[_RegionalWindow],
-                       head: str = "img_gps") -> list[np.ndarray]:
-        """Each window's scores on its lattice, the encoder run once for all windows: the branches with a lattice
-        of their own (window.branch_lattices) on it, interpolated to the window's lattice, the others on that."""
-        return [scores for scores, _ in self._lattice_parts(image_emb, windows, head)]
-
     @torch.inference_mode()
     def _lattice_parts(self, image_emb: np.ndarray, windows: list[_RegionalWindow],
                        head: str) -> list[tuple[np.ndarray, list[torch.Tensor]]]:
-        """lattice_scores, each with its coarser branches' outputs on their lattices as (1, D, rows, cols) grids."""
+        """Each window's scores on its lattice, with the encoder run once for all windows: the branches with a
+        lattice of their own (window.branch_lattices) on that, interpolated to the window's lattice, the others on
+        it; and per window those branches' outputs on their lattices, as (1, D, rows, cols) grids."""
         q = torch.from_numpy(self._query(image_emb))
         out: list = [None] * len(windows)
         for own, members in _by_own_branches(windows).items():
