@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qgis.core import Qgis, QgsLayerTreeGroup, QgsMessageLog, QgsProject, QgsRasterLayer, QgsTask, QgsVectorLayer
+from qgis.core import Qgis, QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsTask, QgsVectorLayer
 
 from . import results_schema as rs
 from .engine_client import EngineClient, EngineError
@@ -29,8 +29,8 @@ from .layers import (
     style_regions,
 )
 from .settings import PluginSettings
+from .tasks import finish_task
 
-LOG_TAG = "gtloc"
 # The engine's names (gtloc_engine/io/shadow_gpkg.py; docs/geopackage.md, "The shadow GeoPackage").
 SHADOW_REGIONS_LAYER, SHADOW_CANDIDATES_LAYER = "shadow_regions", "shadow_candidates"
 SURFACE_LOCUS, SURFACE_FUSED = "locus", "fused"
@@ -209,20 +209,12 @@ class ShadowTask(QgsTask):
         return True
 
     def finished(self, ok: bool) -> None:
-        if ok and self.summary is not None:
-            try:
-                self.layers = load_shadow(self.summary, self.target.path or None)
-                self.group = add_shadow_to_project(self.layers, self.target.group, self.group_name)
-            except ValueError as exc:
-                self.error = str(exc)
-            for note in self.summary.get("notes", []):
-                QgsMessageLog.logMessage(f"{self.group_name}: {note}", LOG_TAG, Qgis.Info)
-        elif self.error is None:
-            self.error = "cancelled"
-        if self.error:
-            QgsMessageLog.logMessage(f"{self.group_name}: {self.error}", LOG_TAG, Qgis.Critical)
-        if self.on_done is not None:
-            self.on_done(self)
+        def show() -> None:
+            self.layers = load_shadow(self.summary, self.target.path or None)
+            self.group = add_shadow_to_project(self.layers, self.target.group, self.group_name)
+
+        notes = (self.summary or {}).get("notes", [])
+        finish_task(self, ok, show, [(f"{self.group_name}: {note}", Qgis.Info) for note in notes])
 
 
 def _tag(layer, kind: str, source: str, photo_path: str | None) -> None:

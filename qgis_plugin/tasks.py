@@ -100,21 +100,33 @@ class PredictTask(QgsTask):
         self.stage_changed.emit(self.stage)
 
     def finished(self, ok: bool) -> None:
-        if ok and self.summary is not None:
-            try:
-                out = self.summary.get("out_gpkg", self.request.out_gpkg)
-                if is_case_target(out):  # a PostGIS case: its layers reloaded, or added once
-                    self.layers = show_case(out, self.group_name, QgsProject.instance())
-                else:
-                    self.layers = load_prediction(out)
-                    add_to_project(self.layers, self.group_name, QgsProject.instance())
-            except ValueError as exc:
-                self.error = str(exc)
-            for failure in self.summary.get("failures", []):
-                QgsMessageLog.logMessage(f"{failure['path']}: {failure['reason']}", LOG_TAG, Qgis.Warning)
-        elif self.error is None:
-            self.error = "cancelled"
-        if self.error:
-            QgsMessageLog.logMessage(f"{self.group_name}: {self.error}", LOG_TAG, Qgis.Critical)
-        if self.on_done is not None:
-            self.on_done(self)
+        def show() -> None:
+            out = self.summary.get("out_gpkg", self.request.out_gpkg)
+            if is_case_target(out):  # a PostGIS case: its layers reloaded, or added once
+                self.layers = show_case(out, self.group_name, QgsProject.instance())
+            else:
+                self.layers = load_prediction(out)
+                add_to_project(self.layers, self.group_name, QgsProject.instance())
+
+        failures = (self.summary or {}).get("failures", [])
+        finish_task(self, ok, show, [(f"{f['path']}: {f['reason']}", Qgis.Warning) for f in failures])
+
+
+def finish_task(task, ok: bool, show: Callable[[], None], messages: list[tuple[str, object]]) -> None:
+    """The end of an engine task (its finished(), on the main thread), for PredictTask and ShadowTask alike: on
+    success `show()` adds the results to the project (a ValueError from it, an unreadable result, becomes the task's
+    error) and `messages` are logged; without success the task was cancelled unless it has an error. The error is
+    logged as critical, then task.on_done(task) is called."""
+    if ok and task.summary is not None:
+        try:
+            show()
+        except ValueError as exc:
+            task.error = str(exc)
+        for text, level in messages:
+            QgsMessageLog.logMessage(text, LOG_TAG, level)
+    elif task.error is None:
+        task.error = "cancelled"
+    if task.error:
+        QgsMessageLog.logMessage(f"{task.group_name}: {task.error}", LOG_TAG, Qgis.Critical)
+    if task.on_done is not None:
+        task.on_done(task)
