@@ -101,6 +101,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the fastest of each is reported")
     ap.add_argument("--int8", action="store_true",
                     help="also time torch's int8 dynamic quantisation of the image tower's Linear layers against fp32")
+    ap.add_argument("--device", default="cpu", help="where the model computes: cpu (default), cuda, cuda:N, auto")
     ap.add_argument("--out", help="write all numbers as JSON here")
     args = ap.parse_args()
 
@@ -110,13 +111,19 @@ def main() -> int:
     from gtloc_engine.io.atomic import atomic_write_text
     from gtloc_engine.io.batches import iter_pixel_batches
     from gtloc_engine.model.checkpoint import load_checkpoint
+    from gtloc_engine.device import host, resolve_device, synchronize
     from gtloc_engine.model.geoclip_import import import_geoclip
 
+    device = resolve_device(args.device)
+    if args.int8 and device.type != "cpu":
+        ap.error("--int8 times torch's CPU int8 kernels: leave --device at cpu")
     torch.set_grad_enabled(False)
     r: dict = {"date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "n_photos": args.n,
-               "rounds": args.rounds, "backbone": "ViT-L-14 (random weights)", "load_avg_1min": {"start": load_avg()},
+               "rounds": args.rounds, "backbone": "ViT-L-14 (random weights)", "device": str(device),
+               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+               "load_avg_1min": {"start": load_avg()},
                "proc_loadavg": {"start": Path("/proc/loadavg").read_text().strip()}}
 
     def log(msg):
@@ -135,7 +142,7 @@ def main() -> int:
         cache = work / "cache"
         for tag in ("cold", "cached"):
             t0 = time.perf_counter()
-            pipe = PhotoPipeline(ckpt, cache_dir=cache)
+            pipe = PhotoPipeline(ckpt, cache_dir=cache, device=device)
             t_load = time.perf_counter() - t0
             pipe.warm_up()
             t_constants = time.perf_counter() - t0 - t_load
@@ -146,7 +153,7 @@ def main() -> int:
 
         backbone = pipe.model.backbone
         pixels = next(iter_pixel_batches(photos, backbone.preprocess, batch_size=args.n,
-                                         draft_px=backbone.image_size)).pixels
+                                         draft_px=backbone.image_size)).pixels.to(device)
         # The serial runs (overlap_forward off) give the per-stage profile: with the look-ahead thread, the forward
         # and the geodata share the cores and each stage's seconds include the other's interference.
         profiles = {"gpkg": StageProfile(), "rasters": StageProfile(), "gpkg_serial": StageProfile(),
@@ -164,7 +171,7 @@ def main() -> int:
             finally:
                 pipe.profile, pipe.config = None, overlapped
 
-        fns = {"bare_forward": lambda: [backbone(part) for part in pixels.split(args.batch)],
+        fns = {"bare_forward": lambda: [backbone(pixels[i:i + args.batch]) for i in range(0, args.n, args.batch)],
                "gpkg": lambda: run("gpkg"), "gpkg_rasters": lambda: run("rasters"),
                "gpkg_serial": lambda: run("gpkg_serial"), "gpkg_rasters_serial": lambda: run("rasters_serial")}
         backbone(pixels[:args.batch])  # warm-up (oneDNN primitives)
@@ -173,6 +180,7 @@ def main() -> int:
             for name, fn in fns.items():
                 t0 = time.perf_counter()
                 fn()
+                synchronize(device)  # a GPU's queued kernels belong to the contender that queued them
                 times[name].append(time.perf_counter() - t0)
             log(f"round {rnd + 1}: " + ", ".join(f"{k} {v[-1] / args.n:.3f} s/photo" for k, v in times.items()))
         r["seconds_per_photo"] = {name: min(ts) / args.n for name, ts in times.items()}
@@ -195,7 +203,7 @@ def main() -> int:
         r["geodata_photos_per_s"] = {kind: 1.0 / s for kind, s in r["geodata_s_per_photo"].items()}
 
         # The global surface and the candidates apart, on the photos' own embeddings.
-        emb = pipe.model.embed_images(pixels).numpy()
+        emb = host(pipe.model.embed_images(pixels))
         maker = pipe.surface_maker
         t_surface, t_cand = [], []
         for e in emb:

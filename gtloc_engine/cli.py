@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gtloc_engine import __version__
 from gtloc_engine.errors import GtlocError
+from gtloc_engine.device import DEVICE_CHOICES
 
 log = logging.getLogger("gtloc")
 
@@ -223,7 +224,7 @@ def _predict_to_geopackage(request, args) -> int:
             from gtloc_engine.cluster import predict_on_cluster
 
             summary = predict_on_cluster(request, args.cluster, progress=progress, cancel=cancel,
-                                         precision=args.precision)
+                                         precision=args.precision, device=args.device)
             print(json.dumps(summary.to_json()))
             return 130 if summary.cancelled else EXIT_PARTIAL if summary.n_failed else EXIT_OK
         with constants.reporting(_constants_printer(args.quiet)):
@@ -245,6 +246,7 @@ def cmd_embed(args) -> int:
     import numpy as np
     import torch
 
+    from gtloc_engine.device import host
     from gtloc_engine.inference.predictor import embed_photos
     from gtloc_engine.io.photos import file_sha256, iter_photo_paths
     from gtloc_engine.model.checkpoint import load_checkpoint
@@ -262,14 +264,14 @@ def cmd_embed(args) -> int:
         arrays["image_emb"] = emb
         arrays["image_path"] = np.array([str(paths[i]) for i in ok])
         arrays["image_sha256"] = np.array([file_sha256(paths[i]) for i in ok])
-    with torch.inference_mode():
+    with torch.no_grad():
         if args.place:
             arrays["place_latlon_deg"] = np.array(args.place, dtype=np.float64)
-            arrays["place_emb"] = model.embed_locations(torch.tensor(args.place, dtype=torch.float32)).numpy()
+            arrays["place_emb"] = host(model.embed_locations(torch.tensor(args.place, dtype=torch.float32)))
         if args.time:
             torus = torus_coords(args.time)
             arrays["time_torus"] = torus
-            arrays["time_emb"] = model.embed_times(torch.as_tensor(torus, dtype=torch.float32)).numpy()
+            arrays["time_emb"] = host(model.embed_times(torch.as_tensor(torus, dtype=torch.float32)))
     if not arrays:
         raise GtlocError("nothing to embed: give photos, --place LAT,LON or --time TIMESTAMP")
     from gtloc_engine.io.atomic import atomic_write
@@ -469,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="image backbone weights: bf16 is 2-2.5x faster on CPUs with AVX512-BF16/AMX (cosine > 0.999)")
     pr.add_argument("--threads", type=int, help="torch CPU threads (default: one per physical core)")
+    _device_option(pr)
     pr.add_argument("--out", help="RESULTS.gpkg: a GeoPackage (photos, candidates, regions, failures; re-runs "
                     "resume); postgresql://HOST/CASE or service=NAME: a PostGIS case, the same tables (password from "
                     "PGPASSWORD or ~/.pgpass, never here); any other name: the JSON, written there instead of stdout")
@@ -495,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LAT,LON in degrees (repeatable; write --place=-33.9,151.2 for a negative latitude)")
     e.add_argument("--time", action="append", help="local time, ISO 8601 or EXIF format (repeatable)")
     e.add_argument("--out", required=True, help="output .npz (no pickled objects)")
+    _device_option(e)
     e.set_defaults(func=cmd_embed)
 
     ev = sub.add_parser("eval", help="geolocation, time and geo-temporal retrieval metrics on a labelled manifest")
@@ -506,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gallery", help="GPS gallery the geolocation metrics take the argmax over: .npy (N, 2) lat/lon "
                     "or a LAT,LON .csv (default: the checkpoint's own)")
     ev.add_argument("--time-gallery", help=TIME_GALLERY_HELP)
+    _device_option(ev)
     ev.set_defaults(func=cmd_eval)
 
     sy = sub.add_parser("synth", help="write a SunWorld dataset: JPEGs with EXIF + manifest.csv")
@@ -566,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--top", dest="top_k", type=int, metavar="K",
                     help=f"number of results (default {default('search', 'top_k')})")
     se.add_argument("--out", help="results.json, or results.gpkg (layer search_results, added to an existing file)")
+    _device_option(se)
     se.set_defaults(func=cmd_search)
 
     sh = sub.add_parser("shadow", help="shadow locus: where on Earth an object's shadow (height and length, or the "
@@ -601,13 +607,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model-constant cache (default $GTLOC_CACHE or ~/.cache/gtloc)")
     sh.add_argument("--out", dest="out_dir", required=True,
                     help="folder for shadow_locus.tif, shadow_fused.tif (with a photo) and shadow.gpkg")
+    _device_option(sh)
     sh.set_defaults(func=cmd_shadow)
 
     sv = sub.add_parser("serve",
                         help="engine worker for the QGIS plugin: JSON lines on stdin/stdout (docs/protocol.md)")
     sv.add_argument("--stdio", action="store_true", required=True, help="speak the protocol on stdin/stdout")
+    _device_option(sv)
     sv.set_defaults(func=cmd_serve)
     return p
+
+
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="|".join(DEVICE_CHOICES),
+                        help="where the model computes: auto (default: the first CUDA GPU torch sees, else the CPU), "
+                        "cpu, cuda or cuda:N; an absent GPU is an error, never a silent CPU run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -615,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="gtloc: %(message)s",
                         stream=sys.stderr)
     try:
+        if getattr(args, "device", None) is not None:  # before any model loads (gtloc_engine/device.py)
+            from gtloc_engine.device import set_default_device
+
+            set_default_device(args.device)
         return args.func(args)
     except GtlocError as exc:
         print(f"gtloc: error: {exc}", file=sys.stderr)

@@ -59,13 +59,14 @@ _PIPELINES_KEPT = 2  # per worker process
 
 def predict_on_cluster(params, cluster, *, chunk_photos: int = CHUNK_PHOTOS,
                        progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-                       precision: str = "fp32") -> PredictSummary:
+                       precision: str = "fp32", device: str = "auto") -> PredictSummary:
     """Predict `params` (a protocol.PredictParams, or the dict of predict's parameters: model, photos, out_gpkg,
     top_k, batch_size, res_deg, time, rasters_dir, ...) on a Dask cluster into the PostGIS case `out_gpkg`.
 
     `cluster`: 'local:N' (N worker processes on this machine, listening on 127.0.0.1 only), a scheduler address
     (tcp://HOST:8786, tls://...), or a distributed.Client. `progress(done, total)` is called on this thread's
-    caller side as batches are committed anywhere; `cancel` stops the run after the running batches."""
+    caller side as batches are committed anywhere; `cancel` stops the run after the running batches. `precision` and
+    `device` ('auto': each worker's first visible GPU, else its CPU; gtloc_engine/device.py) apply on every worker."""
     from gtloc_engine.protocol import PredictParams
 
     request = params if isinstance(params, PredictParams) else PredictParams.from_params(dict(params))
@@ -85,7 +86,7 @@ def predict_on_cluster(params, cluster, *, chunk_photos: int = CHUNK_PHOTOS,
     with _quiet_dask_logs():
         client, close = open_cluster(cluster)
         try:
-            return _run(client, request, chunks, len(paths), progress, cancel, precision)
+            return _run(client, request, chunks, len(paths), progress, cancel, (precision, device))
         finally:
             close()
 
@@ -158,7 +159,8 @@ def _local_workers(cluster) -> int | None:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def _run(client, request, chunks: list[list[str]], n_photos: int, progress, cancel, precision) -> PredictSummary:
+def _run(client, request, chunks: list[list[str]], n_photos: int, progress, cancel, runtime: tuple[str, str]
+         ) -> PredictSummary:
     from distributed import Event, KilledWorker, as_completed
 
     run_id = uuid.uuid4().hex
@@ -179,7 +181,7 @@ def _run(client, request, chunks: list[list[str]], n_photos: int, progress, canc
     client.subscribe_topic(topic, on_progress)
     summary = PredictSummary(out_gpkg=request.out_gpkg, n_photos=n_photos)
     errors: list[str] = []
-    futures = {client.submit(_predict_chunk, request, i, chunk, run_id, precision, key=f"gtloc-chunk-{run_id}-{i}",
+    futures = {client.submit(_predict_chunk, request, i, chunk, run_id, runtime, key=f"gtloc-chunk-{run_id}-{i}",
                              retries=_EXCEPTION_RETRIES, pure=False): i for i, chunk in enumerate(chunks)}
     watcher = _CancelWatcher(cancel, stop)
     try:
@@ -261,7 +263,7 @@ _pipelines: dict[tuple, object] = {}  # in each worker process: the loaded pipel
 _pipelines_lock = threading.Lock()
 
 
-def _predict_chunk(request, chunk: int, paths: list[str], run_id: str, precision: str) -> dict:
+def _predict_chunk(request, chunk: int, paths: list[str], run_id: str, runtime: tuple[str, str]) -> dict:
     """One chunk on a worker: the pipeline run on its paths into the case; its PredictSummary as JSON."""
     from distributed import Event, get_worker
 
@@ -269,7 +271,7 @@ def _predict_chunk(request, chunk: int, paths: list[str], run_id: str, precision
     stop = _EventFlag(Event(f"gtloc-cancel-{run_id}"))
     if stop.is_set():
         return {**PredictSummary(out_gpkg=request.out_gpkg, n_photos=len(paths)).to_json(), "cancelled": True}
-    pipeline = _worker_pipeline(request, precision)
+    pipeline = _worker_pipeline(request, *runtime)
 
     def progress(done: int, total: int) -> None:
         worker.log_event(f"gtloc-progress-{run_id}", {"chunk": chunk, "done": done})
@@ -279,15 +281,15 @@ def _predict_chunk(request, chunk: int, paths: list[str], run_id: str, precision
     return summary.to_json()
 
 
-def _worker_pipeline(request, precision: str):
+def _worker_pipeline(request, precision: str, device: str):
     """This process's PhotoPipeline for the request's checkpoint and settings, loaded on first use."""
     model = Path(request.model).resolve()
     stat = model.stat()
     key = (str(model), stat.st_mtime_ns, stat.st_size, request.top_k, request.res_deg, request.time_gallery,
-           request.tencrop, request.cache_dir, precision)
+           request.tencrop, request.cache_dir, precision, device)
     with _pipelines_lock:
         if key not in _pipelines:
-            _pipelines[key] = request.pipeline(precision=precision)
+            _pipelines[key] = request.pipeline(precision=precision, device=device)
             while len(_pipelines) > _PIPELINES_KEPT:
                 _pipelines.pop(next(iter(_pipelines)))
         return _pipelines[key]

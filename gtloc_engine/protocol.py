@@ -196,8 +196,9 @@ class PredictParams:
                    cache_dir=_path(v["cache_dir"]), time=v["time"], res_deg=v["res_deg"],
                    time_gallery=_path(v["time_gallery"]), tencrop=v["tencrop"])
 
-    def pipeline(self, *, precision: str = "fp32"):
-        """The PhotoPipeline these parameters describe (loads the checkpoint)."""
+    def pipeline(self, *, precision: str = "fp32", device=None):
+        """The PhotoPipeline these parameters describe (loads the checkpoint onto `device`; None: the process's
+        default, gtloc_engine/device.py)."""
         from gtloc_engine.inference.pipeline import PhotoPipeline, PipelineConfig
 
         time_gallery = None
@@ -206,7 +207,8 @@ class PredictParams:
 
             time_gallery = read_time_gallery(self.time_gallery)
         pipeline = PhotoPipeline(self.model, top_k=self.top_k, cache_dir=self.cache_dir,
-                                 config=PipelineConfig(global_res_deg=self.res_deg), time_gallery_fields=time_gallery)
+                                 config=PipelineConfig(global_res_deg=self.res_deg), time_gallery_fields=time_gallery,
+                                 device=device)
         pipeline.model.backbone.set_precision(precision).set_tencrop(self.tencrop)
         return pipeline
 

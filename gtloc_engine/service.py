@@ -185,8 +185,11 @@ class Worker:
         from gtloc_engine.io.photos import PHOTO_SUFFIXES
 
         request = InfoParams.from_params(params)
+        from gtloc_engine.device import default_device
+
         info = {"engine_version": __version__, "protocol": PROTOCOL_VERSION, "methods": list(METHODS),
-                "params": _method_params(), "photo_suffixes": sorted(PHOTO_SUFFIXES), "python": sys.executable}
+                "params": _method_params(), "photo_suffixes": sorted(PHOTO_SUFFIXES), "python": sys.executable,
+                "device": str(default_device())}
         if request.model is not None:
             from gtloc_engine.io.photos import file_sha256
             from gtloc_engine.model.checkpoint import read_header

@@ -7,7 +7,7 @@ request goes quiet for too long. One shared client per QGIS session keeps one mo
     PROTOCOL_VERSION        the protocol version this client speaks
     EngineError             one-line failure from the engine or the link (`code` as in the protocol, plus
                             not_configured, died, timeout, protocol)
-    engine_command(path)    argv that starts the worker from an engine Python or a `gtloc` executable
+    engine_command(path, device)  argv that starts the worker from an engine Python or a `gtloc` executable
     find_engine(configured) the configured engine, else $GTLOC_ENGINE, else `gtloc` on PATH
     clean_environment()     the environment the worker gets: the host's basics without QGIS's Python and Qt paths
     EngineClient            start/request/stop; request() blocks, reports progress and honours cancel;
@@ -70,11 +70,13 @@ def find_engine(configured: str | None = None) -> str:
     return candidate
 
 
-def engine_command(engine: str) -> list[str]:
-    """argv for the worker: `python -m gtloc_engine.cli serve --stdio` for an interpreter, else `gtloc serve`."""
+def engine_command(engine: str, device: str = "auto") -> list[str]:
+    """argv for the worker: `python -m gtloc_engine.cli serve --stdio` for an interpreter, else `gtloc serve`;
+    `--device` (auto, cpu, cuda; the engine's gtloc_engine/device.py) says where its models compute."""
+    serve = ["serve", "--stdio", "--device", device]
     if Path(engine).name.lower().startswith("python"):
-        return [engine, "-m", "gtloc_engine.cli", "serve", "--stdio"]
-    return [engine, "serve", "--stdio"]
+        return [engine, "-m", "gtloc_engine.cli", *serve]
+    return [engine, *serve]
 
 
 def clean_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -435,7 +437,11 @@ def shared_client() -> EngineClient:
         if _shared is None:
             from .settings import load_settings
 
-            _shared = EngineClient(lambda: engine_command(find_engine(load_settings().engine)))
+            def argv() -> list[str]:
+                settings = load_settings()
+                return engine_command(find_engine(settings.engine), settings.device)
+
+            _shared = EngineClient(argv)
             atexit.register(shutdown_shared)
         return _shared
 

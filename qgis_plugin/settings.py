@@ -1,6 +1,7 @@
 """The plugin's settings as data: one dataclass, read from and written to QgsSettings under `gtloc/`.
 
-    PluginSettings              engine, model, top-k, output folder, known capture time, surface resolution
+    PluginSettings              engine, model, top-k, output folder, known capture time, surface resolution,
+                                device
     parse_capture_time(text)    a known local capture time -> 'YYYY-MM-DDTHH:MM:SS' (None when empty); ValueError
     describe_time(iso)          '2024-07-14 18:30' for group names and messages
 """
@@ -17,6 +18,7 @@ _PREFIX = "gtloc/"
 _ISO_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?$")
 _EXIF_TIME = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})$")
 RES_DEG_CHOICES = (2.0, 1.0, 0.5, 0.25, 0.1, 0.05)  # divide 0.5 or are multiples of it: what the engine takes
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # the engine's `serve --device` values (its gtloc_engine/device.py)
 TIME_FORMATS = "2024-07-14T18:30 (ISO 8601, seconds optional) or 2024:07:14 18:30:00 (EXIF)"
 
 
@@ -33,10 +35,15 @@ class PluginSettings:
     # candidate places and credible regions come from. Verdicts do not depend on it (the engine scores the claimed
     # point itself); finer costs time per photo. Recorded per photo in the results (surface_res_deg).
     res_deg: float = 0.25
+    # Where the engine's model computes: auto (its first CUDA GPU, else the CPU), cpu, or cuda (an error at the
+    # engine's start where there is no GPU). A change restarts the engine.
+    device: str = "auto"
 
     def __post_init__(self):
         if self.res_deg not in RES_DEG_CHOICES:
             self.res_deg = PluginSettings.res_deg  # a hand-edited value: back to the default
+        if self.device not in DEVICE_CHOICES:
+            self.device = PluginSettings.device
 
     def output_folder(self) -> Path:
         return Path(self.out_dir).expanduser() if self.out_dir else Path.home() / "gtloc"

@@ -30,6 +30,8 @@ BASE_ARGV = {"info": ["info", "m.safetensors"], "predict": ["predict", "a.jpg", 
 SAMPLE_VALUES = {"--measurement": "elev_deg=40,time=2024-06-21T12:00Z"}
 
 # Options of the CLI that are no protocol parameter, and why.
+DEVICE_IS_PER_PROCESS = ("where models compute is chosen once per process: the worker's is `serve --stdio --device`, "
+                         "which the plugin's settings set (gtloc_engine/device.py)")
 CLI_ONLY = {
     "predict": {
         "--quiet": "the CLI's progress bar; the worker sends progress lines instead",
@@ -38,10 +40,11 @@ CLI_ONLY = {
                        "checkpoint for predict and search alike",
         "--cluster": "a Dask cluster run is the CLI's (gtloc_engine/cluster.py); the plugin's worker predicts in "
                      "its own process",
+        "--device": DEVICE_IS_PER_PROCESS,
     },
-    "search": {},
+    "search": {"--device": DEVICE_IS_PER_PROCESS},
     "info": {},
-    "shadow": {},
+    "shadow": {"--device": DEVICE_IS_PER_PROCESS},
 }
 # predict's --out is also CLI-only when it does not name a GeoPackage (the JSON file); as X.gpkg it is out_gpkg.
 # Engine parameters the plugin's client does not send, and why.

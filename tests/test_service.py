@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 import test_search
 
@@ -92,6 +93,18 @@ def test_info_reports_versions_and_the_photo_suffixes(worker):
     assert reply["type"] == "result"
     assert reply["result"]["protocol"] == PROTOCOL_VERSION and reply["result"]["engine_version"] == __version__
     assert set(reply["result"]["photo_suffixes"]) == PHOTO_SUFFIXES
+    assert reply["result"]["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
+
+
+def test_serve_computes_on_the_device_it_is_started_with():
+    w = WorkerProcess([sys.executable, "-m", "gtloc_engine.cli", "serve", "--stdio", "--device", "cpu"])
+    try:
+        w.read()
+        w.send({"id": "a", "method": "info"})
+        assert w.until_final("a")[1]["result"]["device"] == "cpu"
+    finally:
+        w.proc.kill()
+        w.proc.wait()
 
 
 @pytest.mark.parametrize("line, request_id, code", [

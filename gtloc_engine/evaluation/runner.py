@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from gtloc_engine.evaluation.metrics import geolocation_metrics, recall_at_k, time_metrics
+from gtloc_engine.device import host, on_device
 from gtloc_engine.inference.predictor import Predictor
 from gtloc_engine.records import Record
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def evaluate_embeddings(predictor: Predictor, image_emb: np.ndarray, records: list[Record]) -> dict[str, float]:
     """Metrics for image embeddings whose truth is `records` (same order)."""
     model = predictor.model
@@ -30,8 +31,8 @@ def evaluate_embeddings(predictor: Predictor, image_emb: np.ndarray, records: li
     if model.head_ready("it2g") and timed.any():  # where given when: image + true time -> place (it2g)
         time_emb = model.embed_times(torch.as_tensor(torus, dtype=torch.float32))
         scale = model.logit_scale("it2g")
-        query = model.fuse(torch.as_tensor(image_emb[timed], dtype=torch.float32), time_emb)
-        best = (scale * query @ predictor.gallery_emb.T).argmax(dim=1).numpy()
+        query = model.fuse(on_device(image_emb[timed], model.device), time_emb)
+        best = host((scale * query @ predictor.gallery_emb.T).argmax(dim=1))
         given = geolocation_metrics(true_ll[timed], predictor.gallery_latlon_deg[best])
         out.update({f"{k}_given_time": v for k, v in given.items() if k in ("acc_2500km", "median_km")})
     true_month_hour = torus * np.array([12.0, 24.0])
@@ -50,7 +51,7 @@ def evaluate_embeddings(predictor: Predictor, image_emb: np.ndarray, records: li
             out.update({f"{k}_given_place": v for k, v in given.items()})
     if model.heads_trained.get("location") and model.heads_trained.get("time") and timed.sum() > 1:
         place_emb = model.embed_locations(torch.as_tensor(true_ll[timed], dtype=torch.float32))
-        query = model.fuse(place_emb, model.embed_times(torch.as_tensor(torus, dtype=torch.float32))).numpy()  # gt2i
+        query = host(model.fuse(place_emb, model.embed_times(torch.as_tensor(torus, dtype=torch.float32))))  # gt2i
         out.update({f"geotemporal_{k}": v for k, v in recall_at_k(query @ image_emb[timed].T).items()})
     return out
 

@@ -148,7 +148,7 @@ def _cached(model: GTLoc, points: np.ndarray, name: str, cache_dir: str | Path |
         started = time.monotonic()
         if report is not None:
             report(ConstantsProgress(name, 0, len(points), None))
-        with torch.inference_mode():
+        with torch.no_grad():  # the encoders move each chunk to the model's device (gtloc_engine/device.py)
             for i in range(0, len(points), ENCODE_CHUNK):
                 chunk = torch.as_tensor(points[i:i + ENCODE_CHUNK], dtype=torch.float32)
                 out[i:i + ENCODE_CHUNK] = encode(chunk).float().cpu().numpy()

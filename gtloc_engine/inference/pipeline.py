@@ -70,6 +70,7 @@ from gtloc_engine.io.store import Store, open_store
 from gtloc_engine.io.results_schema import (MAP_TIME_CLAIM, MAP_TIME_PREDICTION, MAP_TIME_REFERENCE_YEAR,
                                             utc_datetime_text)
 from gtloc_engine.model.checkpoint import load_checkpoint
+from gtloc_engine.device import host, synchronize
 from gtloc_engine.timecode import DAYS_PER_MONTH, TimeLike, parse_time
 
 log = logging.getLogger(__name__)
@@ -157,12 +158,15 @@ class PhotoPipeline:
     """Loads a checkpoint once and turns photo folders into results GeoPackages; reusable across runs."""
 
     def __init__(self, model_path: str | os.PathLike, *, top_k: int = 5, cache_dir: str | os.PathLike | None = None,
-                 config: PipelineConfig = PipelineConfig(), time_gallery_fields: np.ndarray | None = None):
-        """`time_gallery_fields`: (T, 5) local times to score instead of the uniform month x hour grid (Predictor)."""
+                 config: PipelineConfig = PipelineConfig(), time_gallery_fields: np.ndarray | None = None,
+                 device: str | torch.device | None = None):
+        """`time_gallery_fields`: (T, 5) local times to score instead of the uniform month x hour grid (Predictor).
+        `device`: where the model computes, 'auto', 'cpu', 'cuda[:N]' or a torch.device; None: the process's default
+        (gtloc_engine/device.py)."""
         if top_k < 1:
             raise GtlocError(f"top_k must be at least 1, got {top_k}")
         self.model_path = Path(model_path)
-        self.model = load_checkpoint(self.model_path)
+        self.model = load_checkpoint(self.model_path, device=device)
         self.model_sha256 = file_sha256(self.model_path)
         self.top_k = top_k
         self.cache_dir = cache_dir
@@ -306,13 +310,14 @@ class PhotoPipeline:
     def _embed(self, pixels: torch.Tensor | None) -> np.ndarray | None:
         if pixels is None:
             return None
-        with torch.inference_mode():  # per thread: the forward may run on the look-ahead thread
+        with torch.no_grad():  # per thread: the forward may run on the look-ahead thread
             if self.profile is None or pixels.ndim != 4:
-                return self.model.embed_images(pixels).numpy()
+                return host(self.model.embed_images(pixels))
             with self.profile.stage("forward"):  # embed_images in its two steps, timed apart
                 features = self.model.image_features(pixels)
+                synchronize(features.device)  # a GPU runs asynchronously: the stage ends when its work does
             with self.profile.stage("adapter"):
-                return self.model.embed_features(features).numpy()
+                return host(self.model.embed_features(features))
 
     def _given_time_query(self, given_time: TimeLike | None) -> tuple[str, torch.Tensor] | None:
         """(local ISO string, unit time embedding) of a known capture time, or None; refused without the heads."""

@@ -20,6 +20,7 @@ from gtloc_engine.inference.constants import (
     ENCODE_CHUNK, cached_location_embeddings, cached_time_embeddings, cached_time_field_embeddings,
 )
 from gtloc_engine.io.batches import iter_pixel_batches
+from gtloc_engine.device import host, on_device
 from gtloc_engine.model.gtloc import GTLoc
 from gtloc_engine.timecode import DAYS_PER_MONTH, check_time_fields, circular_mean_spread, from_torus, time_fields
 
@@ -59,7 +60,7 @@ def time_grid_torus(month_bins: int = MONTH_BINS, hour_bins: int = HOUR_BINS) ->
     return np.stack((tt.ravel(), pp.ravel()), axis=-1)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def embed_photos(model: GTLoc, paths: Sequence[str | Path], *, batch_size: int = 32, workers: int = 2
                  ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
     """Image embeddings of the photos that could be read, their indices, and (index, reason) failures."""
@@ -72,7 +73,7 @@ def embed_photos(model: GTLoc, paths: Sequence[str | Path], *, batch_size: int =
             ok.extend(batch.indices)
         failures.extend(batch.failures)
     dim = model.cfg.embed_dim
-    return (torch.cat(embs).numpy() if embs else np.zeros((0, dim), np.float32)), ok, failures
+    return (host(torch.cat(embs)) if embs else np.zeros((0, dim), np.float32)), ok, failures
 
 
 class Predictor:
@@ -111,18 +112,19 @@ class Predictor:
             m_bin = np.clip((month_pos / 12 * MONTH_BINS).astype(int), 0, MONTH_BINS - 1)
             h_bin = np.clip((hour / 24 * HOUR_BINS).astype(int), 0, HOUR_BINS - 1)
             self._gallery_bins = m_bin * HOUR_BINS + h_bin
+        dev = model.device  # the time grid and the gallery are scored on the model's device (gtloc_engine/device.py)
         if cache:
-            self.time_emb = torch.from_numpy(np.array(
+            self.time_emb = on_device(np.array(
                 cached_time_embeddings(model, self.time_grid, name="time-grid", cache_dir=cache_dir)
                 if self.time_gallery_fields is None else
                 cached_time_field_embeddings(model, self.time_gallery_fields, name="time-gallery",
-                                             cache_dir=cache_dir)))
+                                             cache_dir=cache_dir)), dev)
         else:
-            with torch.inference_mode():
+            with torch.no_grad():
                 self.time_emb = (
-                    model.embed_times(torch.as_tensor(self.time_grid, dtype=torch.float32))
+                    model.embed_times(on_device(self.time_grid, dev))
                     if self.time_gallery_fields is None else
-                    model.embed_time_fields(torch.as_tensor(self.time_gallery_fields, dtype=torch.float32)))
+                    model.embed_time_fields(on_device(self.time_gallery_fields, dev)))
 
     @property
     def gallery_emb(self) -> torch.Tensor:
@@ -132,15 +134,16 @@ class Predictor:
             if self.cache:
                 # Disk cache keyed by the encoders' hash: a 100K gallery costs 15-45 s on 2 cores, once per model.
                 # Copied out of the memory map: torch needs writable memory, and 100K x 512 floats is 200 MB.
-                self._gallery_emb = torch.from_numpy(np.array(cached_location_embeddings(
-                    self.model, self.gallery_latlon_deg, name="gallery", cache_dir=self.cache_dir)))
+                self._gallery_emb = on_device(np.array(cached_location_embeddings(
+                    self.model, self.gallery_latlon_deg, name="gallery", cache_dir=self.cache_dir)), self.model.device)
             else:
-                with torch.inference_mode():
+                with torch.no_grad():
                     self._gallery_emb = torch.cat([
-                        self.model.embed_locations(torch.as_tensor(self.gallery_latlon_deg[i:i + ENCODE_CHUNK],
-                                                                   dtype=torch.float32))
+                        self.model.embed_locations(on_device(self.gallery_latlon_deg[i:i + ENCODE_CHUNK],
+                                                             self.model.device))
                         for i in range(0, len(self.gallery_latlon_deg), ENCODE_CHUNK)
-                    ]) if len(self.gallery_latlon_deg) else torch.zeros((0, self.model.cfg.embed_dim))
+                    ]) if len(self.gallery_latlon_deg) else torch.zeros((0, self.model.cfg.embed_dim),
+                                                                       device=self.model.device)
         return self._gallery_emb
 
     @property
@@ -158,8 +161,8 @@ class Predictor:
         image + time embedding (it2g: where given when)."""
         if given_time_emb is None:
             return np.asarray(image_emb, dtype=np.float32), "img_gps"
-        with torch.inference_mode():
-            return self.model.fuse(torch.as_tensor(image_emb, dtype=torch.float32), given_time_emb).numpy(), "it2g"
+        with torch.no_grad():
+            return host(self.model.fuse(self._query(image_emb), given_time_emb)), "it2g"
 
     def place_candidates(self, image_emb: np.ndarray, k: int, given_time_emb: torch.Tensor | None = None):
         """(global surface, top-k candidates): a photo's places as an analyst reads them, the surface's modes at
@@ -175,26 +178,29 @@ class Predictor:
                      ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
         return embed_photos(self.model, paths, batch_size=batch_size, workers=workers)
 
-    @torch.inference_mode()
+    def _query(self, image_emb: np.ndarray) -> torch.Tensor:
+        """Image (or fused) embeddings as float32 on the model's device."""
+        return on_device(image_emb, self.model.device)
+
+    @torch.no_grad()
     def location_posterior(self, image_emb: np.ndarray, given_time_emb: torch.Tensor | None = None) -> np.ndarray:
         """(N, G) probabilities over the GPS gallery: from the image (img_gps), or, given a known time's unit
         embedding, from the fused image + time query (it2g: where given when)."""
-        query = torch.as_tensor(image_emb, dtype=torch.float32)
+        query = self._query(image_emb)
         if given_time_emb is None:
             logits = self.model.logit_scale("img_gps") * query @ self.gallery_emb.T
         else:
             logits = self.model.logit_scale("it2g") * self.model.fuse(query, given_time_emb) @ self.gallery_emb.T
-        return torch.softmax(logits, dim=1).numpy()
+        return host(torch.softmax(logits, dim=1))
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def time_posterior(self, image_emb: np.ndarray) -> np.ndarray:
         """(N, MONTH_BINS, HOUR_BINS) probabilities over the month x hour grid."""
-        return self._time_grid(self.model.logit_scale("img_time") * torch.as_tensor(image_emb, dtype=torch.float32)
-                               @ self.time_emb.T)
+        return self._time_grid(self.model.logit_scale("img_time") * self._query(image_emb) @ self.time_emb.T)
 
     def _time_grid(self, logits: torch.Tensor) -> np.ndarray:
         """(N, T) logits over the time grid or gallery -> (N, MONTH_BINS, HOUR_BINS) probabilities."""
-        probs = torch.softmax(logits, dim=1).numpy()
+        probs = host(torch.softmax(logits, dim=1))
         if self._gallery_bins is not None:
             grid = np.zeros((len(probs), MONTH_BINS * HOUR_BINS), dtype=np.float64)
             for i in range(len(probs)):
@@ -202,25 +208,25 @@ class Predictor:
             probs = grid.astype(np.float32)
         return probs.reshape(len(logits), MONTH_BINS, HOUR_BINS)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def gallery_top1_times(self, image_emb: np.ndarray) -> np.ndarray:
         """(N, 2) month position and hour of the most similar time-gallery entry: the authors' argmax estimate
         (cosine similarity, no softmax). Needs a time gallery."""
         if self.time_gallery_fields is None:
             raise GtlocError("gallery_top1_times needs a time gallery (time_gallery_fields)")
-        best = (torch.as_tensor(image_emb, dtype=torch.float32) @ self.time_emb.T).argmax(dim=1).numpy()
+        best = host((self._query(image_emb) @ self.time_emb.T).argmax(dim=1))
         f = self.time_gallery_fields[best]
         return np.stack(((f[:, 0] - 1) + (f[:, 1] - 1) / DAYS_PER_MONTH, f[:, 2] + f[:, 3] / 60 + f[:, 4] / 3600), 1)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def time_posterior_given_place(self, image_emb: np.ndarray, latlon_deg: np.ndarray) -> np.ndarray:
         """(N, MONTH_BINS, HOUR_BINS) time posterior of each image given its place ((N, 2) lat/lon degrees).
 
         The ig2t head: score(t) = logit_scale(ig2t) * cos(normalize(image + loc_emb(place)), time_emb(t)), the
         fused image + place query against the time grid.
         """
-        place_emb = self.model.embed_locations(torch.as_tensor(np.asarray(latlon_deg), dtype=torch.float32))
-        query = self.model.fuse(torch.as_tensor(image_emb, dtype=torch.float32), place_emb)
+        place_emb = self.model.embed_locations(on_device(np.asarray(latlon_deg), self.model.device))
+        query = self.model.fuse(self._query(image_emb), place_emb)
         return self._time_grid(self.model.logit_scale("ig2t") * query @ self.time_emb.T)
 
     def estimate_time(self, grid: np.ndarray) -> TimeEstimate:
@@ -255,7 +261,7 @@ class Predictor:
             out.append(item)
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def given_time_embedding(self, given_time) -> torch.Tensor:
         """The unit time embedding of a known local time, through the authors' (month, day, hour, minute, second)
         input; GtlocError when the model cannot predict a place given a time."""
@@ -263,7 +269,7 @@ class Predictor:
             raise GtlocError("this checkpoint lacks a trained location or time head, so it cannot predict a place "
                              "given a known capture time (the it2g head): leave the time out, or use a GT-Loc model "
                              "(e.g. gtloc import-gtloc)")
-        return self.model.embed_time_fields(torch.as_tensor(time_fields([given_time]), dtype=torch.float32))[0]
+        return self.model.embed_time_fields(on_device(time_fields([given_time]), self.model.device))[0]
 
     def predict_photos(self, paths: Sequence[str | Path], *, top_k: int = 5, batch_size: int = 32,
                        workers: int = 2, given_time=None) -> list[dict]:

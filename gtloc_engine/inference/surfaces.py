@@ -81,6 +81,7 @@ from gtloc_engine.geo import (
     wrap_lon_deg,
 )
 from gtloc_engine.inference.constants import cached_location_embeddings, model_key
+from gtloc_engine.device import host, on_device
 from gtloc_engine.model.gtloc import GTLoc
 
 PLACE_HEADS = ("img_gps", "it2g")  # the heads whose keys are places: a surface can be drawn for either
@@ -142,16 +143,17 @@ class Candidate:
                 "probability": self.probability, "radius_km": self.radius_km}
 
 
-def upsample_scores(coarse: np.ndarray, factor: int) -> np.ndarray:
-    """Bicubic upsampling of a global (H, W) field by an integer factor, wrapping in longitude, clamped at the poles."""
+def upsample_scores(coarse: torch.Tensor, factor: int) -> torch.Tensor:
+    """Bicubic upsampling of a global (H, W) field by an integer factor, wrapping in longitude, clamped at the poles
+    (float32, on the field's device)."""
+    coarse = coarse.float()
     if factor == 1:
-        return coarse.astype(np.float32)
+        return coarse
     pad = 2  # bicubic reaches two samples each way
-    padded = np.concatenate((coarse[:, -pad:], coarse, coarse[:, :pad]), axis=1)
-    padded = np.concatenate((padded[:1].repeat(pad, 0), padded, padded[-1:].repeat(pad, 0)), axis=0)
-    up = F.interpolate(torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None, None],
-                       scale_factor=factor, mode="bicubic", align_corners=False)[0, 0]
-    return up[pad * factor:-pad * factor, pad * factor:-pad * factor].numpy()
+    padded = torch.cat((coarse[:, -pad:], coarse, coarse[:, :pad]), dim=1)
+    padded = torch.cat((padded[:1].expand(pad, -1), padded, padded[-1:].expand(pad, -1)), dim=0)
+    up = F.interpolate(padded[None, None], scale_factor=factor, mode="bicubic", align_corners=False)[0, 0]
+    return up[pad * factor:-pad * factor, pad * factor:-pad * factor]
 
 
 def branch_fourier_periods(model: GTLoc) -> list[float]:
@@ -250,11 +252,18 @@ def _by_own_branches(windows: list[_RegionalWindow], only=None) -> dict[tuple[in
     return groups
 
 
-def _normalised(log_mass: np.ndarray, west_deg: float, north_deg: float, res_deg: float, model_key: str) -> Surface:
-    """A global Surface from unnormalised log masses (score + log cell area): masses sum to 1, log_norm kept."""
-    log_mass = torch.from_numpy(np.asarray(log_mass, dtype=np.float64))
+def _row_slices(tensor: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """torch.split(tensor, sizes) as plain slices: on torch's lazy backend (the tests' second device) split's
+    outputs come back on the host after an eager fallback (torch 2.14), where slices stay on the device."""
+    ends = np.cumsum(sizes)
+    return [tensor[end - size:end] for size, end in zip(sizes, ends.tolist())]
+
+
+def _normalised(log_mass: torch.Tensor, west_deg: float, north_deg: float, res_deg: float, model_key: str) -> Surface:
+    """A global Surface from unnormalised float64 log masses (score + log cell area), normalised on their device:
+    masses sum to 1, log_norm kept."""
     log_norm = float(torch.logsumexp(log_mass.ravel(), dim=0))
-    mass = torch.exp(log_mass - log_norm).numpy().astype(np.float32)
+    mass = host(torch.exp(log_mass - log_norm).float())
     return Surface(mass, west_deg, north_deg, res_deg, "global", model_key, log_norm)
 
 
@@ -264,6 +273,7 @@ class SurfaceMaker:
     def __init__(self, model: GTLoc, *, global_res_deg: float = 0.25, cache_dir=None,
                  config: SurfaceConfig | None = None):
         self.model = model.eval()
+        self.device = model.device  # the encoder, grid matmul, upsampling, normalisation (device.py)
         self.config = (config or SurfaceConfig()).validate()
         fine_rows = grid_rows(global_res_deg, "global resolution")
         coarse_res_deg = self.config.coarse_res_deg
@@ -281,15 +291,21 @@ class SurfaceMaker:
         self.coarse_shape = (coarse_rows, 2 * coarse_rows)
         self.coarse_emb = cached_location_embeddings(model, global_centres_latlon(coarse_res_deg),
                                                      name=f"grid-{coarse_res_deg:g}deg", cache_dir=cache_dir)
-        self.coarse_row_log_area = np.log(row_area_sr(90.0, coarse_res_deg, coarse_rows))
-        self.fine_row_log_area = np.log(row_area_sr(90.0, global_res_deg, fine_rows))
+        # On the CPU the memory-mapped grid is read in place (shared between processes through the page cache);
+        # on another device it is copied there once (through a writable host copy: torch refuses read-only memory).
+        self._coarse_emb_on_device = None if self.device.type == "cpu" else on_device(np.array(self.coarse_emb),
+                                                                                     self.device)
+        self.coarse_row_log_area = on_device(np.log(row_area_sr(90.0, coarse_res_deg, coarse_rows)), self.device,
+                                             torch.float64)
+        self.fine_row_log_area = on_device(np.log(row_area_sr(90.0, global_res_deg, fine_rows)), self.device,
+                                           torch.float64)
         self.branch_periods = branch_fourier_periods(model)
         self.fourier_period = min(self.branch_periods)
         # The continuous peak near a mode lies in the mode's global cell or a neighbour: cover 1.5 cells each way.
         self.regional_half_km = max(self.config.regional_half_km, 1.5 * global_res_deg * KM_PER_DEG_LAT)
         # The cached grid's scores of the last global_surfaces batch, per (head, query bytes): the claim check
         # (grid_surface) of the same photo reads them instead of a second pass over the 530 MB grid.
-        self._coarse_scores: dict[tuple[str, bytes], np.ndarray] = {}
+        self._coarse_scores: dict[tuple[str, bytes], torch.Tensor] = {}
 
     def _query(self, image_emb: np.ndarray) -> np.ndarray:
         q = np.asarray(image_emb, dtype=np.float32).reshape(-1)
@@ -298,40 +314,47 @@ class SurfaceMaker:
                              f"({self.model.cfg.embed_dim},) from the same model")
         return q / max(float(np.linalg.norm(q)), 1e-12)
 
-    @torch.inference_mode()
+    def _query_on_device(self, image_emb: np.ndarray) -> torch.Tensor:
+        return on_device(self._query(image_emb), self.device)
+
     def scores_at(self, image_emb: np.ndarray, latlon_deg: np.ndarray, head: str = "img_gps") -> np.ndarray:
         """(N,) exact scores (logit scale x cosine) at places, running the location encoder (longitudes wrapped)."""
-        q = torch.from_numpy(self._query(image_emb))
+        return host(self._scores_at(self._query_on_device(image_emb), latlon_deg, head))
+
+    @torch.no_grad()
+    def _scores_at(self, q: torch.Tensor, latlon_deg: np.ndarray, head: str) -> torch.Tensor:
+        """scores_at for a unit query on the device; the scores stay there."""
+        out = [self.model.unit_location_embeddings(chunk) @ q for chunk in self._branch_sums(latlon_deg, None)]
+        return self.scales[head] * torch.cat(out) if out else torch.zeros(0, device=self.device)
+
+    def _branch_sums(self, latlon_deg: np.ndarray, branches: list[int] | None) -> list[torch.Tensor]:
+        """Chunks of (N, D) sums of some (None: all) location-encoder branches' outputs, not normalised (longitudes
+        wrapped), on the device: 8,192 points an encoder call bounds its activations."""
         pts = np.asarray(latlon_deg, dtype=np.float64).reshape(-1, 2).copy()
         pts[:, 1] = wrap_lon_deg(pts[:, 1])
-        out = [self.model.embed_locations(torch.as_tensor(pts[i:i + 8192], dtype=torch.float32)) @ q
-               for i in range(0, len(pts), 8192)]
-        return (self.scales[head] * torch.cat(out)).numpy() if out else np.zeros(0, np.float32)
+        return [self.model.location_branches(on_device(pts[i:i + 8192], self.device), branches)
+                for i in range(0, len(pts), 8192)]
 
     def _branch_sum(self, latlon_deg: np.ndarray, branches: list[int]) -> torch.Tensor:
-        """(N, D) sum of some location-encoder branches' outputs, not normalised (longitudes wrapped)."""
-        pts = np.asarray(latlon_deg, dtype=np.float64).reshape(-1, 2).copy()
-        pts[:, 1] = wrap_lon_deg(pts[:, 1])
-        return torch.cat([self.model.location_encoder(torch.as_tensor(pts[i:i + 8192], dtype=torch.float32), branches)
-                          for i in range(0, len(pts), 8192)])
+        return torch.cat(self._branch_sums(latlon_deg, branches))
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _lattice_parts(self, image_emb: np.ndarray, windows: list[_RegionalWindow],
                        head: str) -> list[tuple[np.ndarray, list[torch.Tensor]]]:
         """Each window's scores on its lattice, with the encoder run once for all windows: the branches with a
         lattice of their own (window.branch_lattices) on that, interpolated to the window's lattice, the others on
         it; and per window those branches' outputs on their lattices, as (1, D, rows, cols) grids."""
-        q = torch.from_numpy(self._query(image_emb))
+        q = self._query_on_device(image_emb)
         out: list = [None] * len(windows)
         for own, members in _by_own_branches(windows).items():
             rest = [b for b in range(len(self.branch_periods)) if b not in own]
             sizes = [len(windows[k].lattice_latlon_deg) for k in members]
             total = self._branch_sum(np.concatenate([windows[k].lattice_latlon_deg for k in members]), rest)
-            parts = list(torch.split(total, sizes))
+            parts = _row_slices(total, sizes)
             grids: list[list[torch.Tensor]] = [[] for _ in members]
             for j, b in enumerate(own):
                 coarse = self._branch_sum(np.concatenate([windows[k].branch_lattices[j][1] for k in members]), [b])
-                for i, (k, values) in enumerate(zip(members, torch.split(
+                for i, (k, values) in enumerate(zip(members, _row_slices(
                         coarse, [len(windows[k].branch_lattices[j][1]) for k in members]))):
                     (mr, mc), (m_rows, m_cols) = windows[k].branch_lattices[j][2], windows[k].lattice_shape
                     grid = values.T.reshape(1, -1, mr, mc)  # (1, D, rows, cols): channels interpolate as one
@@ -339,7 +362,7 @@ class SurfaceMaker:
                     up = F.interpolate(grid, size=(m_rows, m_cols), mode=_cubic_if(mr, mc), align_corners=True)
                     parts[i] = parts[i] + up[0].reshape(up.shape[1], -1).T
             for i, (k, branch_sum) in enumerate(zip(members, parts)):
-                scores = (self.scales[head] * (self.model.unit_location_embeddings(branch_sum) @ q)).numpy()
+                scores = host(self.scales[head] * (self.model.unit_location_embeddings(branch_sum) @ q))
                 out[k] = (scores, grids[i])
         return out
 
@@ -348,24 +371,32 @@ class SurfaceMaker:
         embedding (img_gps) or a fused image + time embedding (it2g, GTLoc.fuse)."""
         return self.global_surfaces(np.asarray(image_emb).reshape(1, -1), head)[0]
 
+    @torch.no_grad()
     def global_surfaces(self, image_embs: np.ndarray, head: str = "img_gps") -> list[Surface]:
         """global_surface for (N, D) queries: one pass over the cached grid for the whole batch."""
         qs = np.stack([self._query(e) for e in np.asarray(image_embs)]) if len(image_embs) else None
         if qs is None:
             return []
-        coarse = self.scales[head] * (np.asarray(self.coarse_emb) @ qs.T)  # (cells, N): the grid is read once
-        columns = [np.ascontiguousarray(coarse[:, i]).reshape(self.coarse_shape) for i in range(len(qs))]
+        coarse = self.scales[head] * self._grid_scores(qs)  # (cells, N): the grid is read once
+        columns = [coarse[:, i].reshape(self.coarse_shape) for i in range(len(qs))]
         self._coarse_scores = {(head, q.tobytes()): column for q, column in zip(qs, columns)}
-        return [self._global_from_coarse(q, column, head) for q, column in zip(qs, columns)]
+        return [self._global_from_coarse(on_device(q, self.device), column, head) for q, column in zip(qs, columns)]
 
+    def _grid_scores(self, qs: np.ndarray) -> torch.Tensor:
+        """(cells, N) cosines of the cached grid's embeddings with (N, D) unit queries, on the device."""
+        if self._coarse_emb_on_device is None:
+            return torch.from_numpy(np.asarray(self.coarse_emb) @ qs.T)
+        return self._coarse_emb_on_device @ on_device(qs.T, self.device)
+
+    @torch.no_grad()
     def grid_surface(self, image_emb: np.ndarray, head: str = "img_gps") -> Surface:
         """The whole globe on the cached grid (coarse_res_deg), every cell scored exactly at its centre; masses sum
         to 1. Whatever global_res_deg is, this is the same surface: the claim check integrates on it."""
         q = self._query(image_emb)
         coarse = self._coarse_scores.get((head, q.tobytes()))
         if coarse is None:
-            coarse = (self.scales[head] * (np.asarray(self.coarse_emb) @ q)).reshape(self.coarse_shape)
-        return _normalised(coarse.astype(np.float64) + self.coarse_row_log_area[:, None], -180.0, 90.0,
+            coarse = (self.scales[head] * self._grid_scores(q[None])).reshape(self.coarse_shape)
+        return _normalised(coarse.double() + self.coarse_row_log_area[:, None], -180.0, 90.0,
                            self.coarse_res_deg, self.model_key)
 
     def score_place(self, image_emb: np.ndarray, lat_deg: float, lon_deg: float, *, head: str = "img_gps",
@@ -385,35 +416,37 @@ class SurfaceMaker:
             res_deg=self.coarse_res_deg,
         )
 
-    def _global_from_coarse(self, q: np.ndarray, coarse: np.ndarray, head: str) -> Surface:
+    def _global_from_coarse(self, q: torch.Tensor, coarse: torch.Tensor, head: str) -> Surface:
+        """The global surface of unit query q from its (H, W) cached-grid scores, both on the device."""
         if self.block > 1:  # a coarser grid than the cache's: each cell's mass is the sum of its cached cells'
             b, (hc, wc) = self.block, self.coarse_shape
-            log_mass = torch.from_numpy(coarse.astype(np.float64) + self.coarse_row_log_area[:, None])
-            block_log_mass = torch.logsumexp(log_mass.reshape(hc // b, b, wc // b, b), dim=(1, 3)).numpy()
+            log_mass = coarse.double() + self.coarse_row_log_area[:, None]
+            block_log_mass = torch.logsumexp(log_mass.reshape(hc // b, b, wc // b, b), dim=(1, 3))
             return _normalised(block_log_mass, -180.0, 90.0, self.global_res_deg, self.model_key)
         scores = upsample_scores(coarse, self.factor)
         f = self.factor
         if f > 1 and self.config.refine_points >= f * f:
             scores = self._refine(q, scores, head)
-        return _normalised(scores.astype(np.float64) + self.fine_row_log_area[:, None], -180.0, 90.0,
+        return _normalised(scores.double() + self.fine_row_log_area[:, None], -180.0, 90.0,
                            self.global_res_deg, self.model_key)
 
-    def _refine(self, q: np.ndarray, scores: np.ndarray, head: str) -> np.ndarray:
+    def _refine(self, q: torch.Tensor, scores: torch.Tensor, head: str) -> torch.Tensor:
         """Exact scores at the fine cells of the densest coarse cells, as many as refine_points allows."""
         f, (hc, wc) = self.factor, self.coarse_shape
-        log_mass = torch.from_numpy(scores + self.fine_row_log_area[:, None].astype(np.float32))
-        block_log_mass = torch.logsumexp(log_mass.reshape(hc, f, wc, f), dim=(1, 3)).numpy()
-        block_log_density = block_log_mass - np.log(row_area_sr(90.0, self.coarse_res_deg, hc))[:, None]
+        log_mass = scores + self.fine_row_log_area[:, None].float()
+        block_log_mass = torch.logsumexp(log_mass.reshape(hc, f, wc, f), dim=(1, 3))
+        block_log_density = block_log_mass - self.coarse_row_log_area[:, None].float()
         n_blocks = min(self.config.refine_points // (f * f), hc * wc)
-        blocks = np.argpartition(-block_log_density.ravel(), n_blocks - 1)[:n_blocks]
+        blocks = host(torch.topk(block_log_density.ravel(), n_blocks).indices)
         br, bc = np.unravel_index(blocks, (hc, wc))
         sub = np.arange(f)
         rows = (br[:, None, None] * f + sub[None, :, None]).repeat(f, axis=2).ravel()
         cols = (bc[:, None, None] * f + sub[None, None, :]).repeat(f, axis=1).ravel()
         res = self.global_res_deg
         latlon = np.stack((90.0 - (rows + 0.5) * res, -180.0 + (cols + 0.5) * res), axis=-1)
-        scores = scores.copy()
-        scores[rows, cols] = self.scores_at(q, latlon, head)
+        scores = scores.clone()
+        scores[on_device(rows, self.device, torch.long), on_device(cols, self.device, torch.long)] = \
+            self._scores_at(q, latlon, head)
         return scores
 
     def regional_surfaces(self, image_emb: np.ndarray, global_surface: Surface, *, n_modes: int = 3,
@@ -431,7 +464,7 @@ class SurfaceMaker:
         self._refine_regional(image_emb, windows, [grids for _, grids in parts], cells, head)
         return [self._regional_surface(w, scores, global_surface.log_norm) for w, scores in zip(windows, cells)]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _refine_regional(self, image_emb: np.ndarray, windows: list[_RegionalWindow],
                          grids: list[list[torch.Tensor]], cells: list[np.ndarray], head: str) -> None:
         """Exact scores, in place, at each window's regional_refine_cells highest-scoring (densest) cells: the
@@ -439,7 +472,7 @@ class SurfaceMaker:
         lattice of their own are smooth there: their outputs are interpolated at the cells (`grids`), so only the
         others run through the encoder, in one call per set of branches."""
         n = self.config.regional_refine_cells
-        q = torch.from_numpy(self._query(image_emb))
+        q = self._query_on_device(image_emb)
         picks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, (w, scores) in enumerate(zip(windows, cells)):
             if n > 0 and scores.size > n and w.lattice_shape != w.shape:  # else nothing to refine, or exact already
@@ -450,18 +483,17 @@ class SurfaceMaker:
                                 windows[k].west_deg + (picks[k][1] + 0.5) * windows[k].res_deg), axis=-1)
                       for k in members]
             total = self._branch_sum(np.concatenate(points), rest)
-            for k, branch_sum in zip(members, torch.split(total, [len(p) for p in points])):
+            for k, branch_sum in zip(members, _row_slices(total, [len(p) for p in points])):
                 rows, cols = picks[k]
                 (n_rows, n_cols) = windows[k].shape
                 # Every lattice spans the first to the last cell centre: grid_sample's -1 and +1 (align_corners).
-                at = torch.from_numpy(np.stack((2.0 * cols / max(n_cols - 1, 1) - 1.0,
-                                                2.0 * rows / max(n_rows - 1, 1) - 1.0), axis=-1).astype(np.float32))
+                at = on_device(np.stack((2.0 * cols / max(n_cols - 1, 1) - 1.0,
+                                         2.0 * rows / max(n_rows - 1, 1) - 1.0), axis=-1), self.device)
                 for grid in grids[k]:
                     sampled = F.grid_sample(grid, at[None, None], mode=_cubic_if(*grid.shape[-2:]),
                                             padding_mode="border", align_corners=True)  # (1, D, 1, N)
                     branch_sum = branch_sum + sampled[0, :, 0].T
-                cells[k][rows, cols] = (self.scales[head] * (self.model.unit_location_embeddings(branch_sum)
-                                                             @ q)).numpy()
+                cells[k][rows, cols] = host(self.scales[head] * (self.model.unit_location_embeddings(branch_sum) @ q))
 
     def regional_steps_km(self, lat_deg: float, lon_deg: float, period: float | None = None) -> tuple[float, float]:
         """Regional lattice spacing (north-south, east-west) in km at a place, for the shortest Fourier period or

@@ -5,7 +5,7 @@ once into open_clip's cache, so it needs internet the first time), a local weigh
 init, seeded, for tests and for backbones trained from scratch). gtloc's own small configs live as JSON in
 backbone_configs/, next to open_clip's, so every backbone is built by the same factory.
 
-Speed on CPU (inference with a frozen backbone): callers run it under `torch.inference_mode()` in batches;
+Speed on CPU (inference with a frozen backbone): callers run it under `torch.no_grad()` in batches (device.py);
 open_clip's attention calls `nn.MultiheadAttention(need_weights=False)`, which dispatches to PyTorch's fused
 scaled-dot-product attention kernel, so there is nothing to patch there. Two runtime settings, which are not part
 of the model (a checkpoint does not change with them): `set_cpu_threads(n)` and `Backbone.set_precision(p)`,
@@ -190,7 +190,7 @@ class Backbone(nn.Module):
         return _open_clip().get_tokenizer(self.cfg.name)(texts)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_text(tokens)
+        return self.clip.encode_text(tokens.to(next(self.clip.parameters()).device))
 
     def fingerprint(self) -> str:
         """Identifies the backbone's weights and preprocessing, for the feature cache key."""

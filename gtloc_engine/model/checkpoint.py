@@ -96,9 +96,17 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def load_checkpoint(path: str | Path, *, load_backbone: bool = True) -> GTLoc:
-    """Rebuild a GTLoc from a checkpoint. `load_backbone=False` skips fetching pretrained backbone weights."""
+def load_checkpoint(path: str | Path, *, load_backbone: bool = True, device: str | torch.device | None = None
+                    ) -> GTLoc:
+    """Rebuild a GTLoc from a checkpoint. `load_backbone=False` skips fetching pretrained backbone weights.
+    `device`: where the model will compute ('auto', 'cpu', 'cuda[:N]' or a torch.device; None: the process's
+    default, gtloc_engine/device.py)."""
     from safetensors.torch import load_file
+
+    from gtloc_engine.device import default_device, resolve_device
+
+    target = device if isinstance(device, torch.device) else default_device() if device is None \
+        else resolve_device(device)  # before the load: an absent GPU should cost no time
 
     path = Path(path)
     header = read_header(path)
@@ -136,7 +144,7 @@ def load_checkpoint(path: str | Path, *, load_backbone: bool = True) -> GTLoc:
     model.heads_trained.update({k: bool(v) for k, v in header["heads_trained"].items()})
     model.gallery_latlon_deg = None if gallery is None else gallery.numpy().astype(np.float64)
     model.eval()
-    return model
+    return model.to(target)
 
 
 def _upgrade_v1(tensors: dict[str, torch.Tensor], model: GTLoc) -> dict[str, torch.Tensor]:

@@ -91,7 +91,8 @@ SECOND_TO_HOUR = MINUTE_TO_HOUR / 60
 
 def month_hour_from_fields(fields: torch.Tensor) -> torch.Tensor:
     """(N, 5) local (month, day, hour, minute, second) -> (N, 2) (month position in [0, 12), hour in [0, 24))."""
-    month, day, hour, minute, second = torch.chunk(fields.float(), 5, dim=-1)
+    fields = fields.float()  # slices, not torch.chunk, whose outputs torch's lazy backend leaves on the host
+    month, day, hour, minute, second = (fields[..., i:i + 1] for i in range(5))
     month_d = (month - 1) + (day - 1) * DAY_TO_MONTH
     hour_d = hour + minute * MINUTE_TO_HOUR + second * SECOND_TO_HOUR
     return torch.cat((month_d, hour_d), dim=-1)

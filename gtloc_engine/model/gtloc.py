@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,11 @@ class GTLoc(nn.Module):
         self.gallery_latlon_deg: np.ndarray | None = None
 
     @property
+    def device(self) -> torch.device:
+        """Where the model computes (gtloc_engine/device.py): its encoders move their inputs here."""
+        return self.logit_scales["img_gps"].device
+
+    @property
     def backbone_in_checkpoint(self) -> bool:
         """Backbone weights travel in the checkpoint unless they are a pretrained source used frozen."""
         b = self.cfg.backbone
@@ -50,13 +57,14 @@ class GTLoc(nn.Module):
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Backbone features (N, feature_dim); no graph is kept when the backbone is frozen."""
+        pixels = pixels.to(self.device)
         if self.cfg.backbone.trainable and torch.is_grad_enabled():
             return self.backbone(pixels)
         with torch.no_grad():
             return self.backbone(pixels)
 
     def embed_features(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.adapter(features), dim=-1)
+        return F.normalize(self.adapter(features.to(self.device)), dim=-1)
 
     def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) pixels -> unit embeddings; (N, crops, 3, H, W) (ten-crop) -> the mean of the crops' unit
@@ -69,7 +77,11 @@ class GTLoc(nn.Module):
         return self.embed_features(self.image_features(pixels))
 
     def embed_locations(self, latlon_deg: torch.Tensor) -> torch.Tensor:
-        return self.unit_location_embeddings(self.location_encoder(latlon_deg))
+        return self.unit_location_embeddings(self.location_branches(latlon_deg))
+
+    def location_branches(self, latlon_deg: torch.Tensor, branches: Sequence[int] | None = None) -> torch.Tensor:
+        """The sum of some (None: all) location-encoder branches' outputs, not normalised, on the model's device."""
+        return self.location_encoder(latlon_deg.to(self.device), branches)
 
     @staticmethod
     def unit_location_embeddings(branch_sum: torch.Tensor) -> torch.Tensor:
@@ -77,11 +89,11 @@ class GTLoc(nn.Module):
         return F.normalize(branch_sum, dim=-1)
 
     def embed_times(self, torus: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.time_encoder(torus), dim=-1)
+        return F.normalize(self.time_encoder(torus.to(self.device)), dim=-1)
 
     def embed_time_fields(self, fields: torch.Tensor) -> torch.Tensor:
         """(N, 5) local (month, day, hour, minute, second) -> unit time embeddings, exactly the authors' input."""
-        return F.normalize(self.time_encoder.forward_fields(fields), dim=-1)
+        return F.normalize(self.time_encoder.forward_fields(fields.to(self.device)), dim=-1)
 
     @staticmethod
     def fuse(a_emb: torch.Tensor, b_emb: torch.Tensor) -> torch.Tensor:

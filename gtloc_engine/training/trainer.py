@@ -440,7 +440,7 @@ class Trainer:
         state_path, model_path = self.out / STATE_FILE, self.out / MODEL_FILE
         if not (self.cfg.resume and state_path.is_file() and model_path.is_file()):
             return
-        loaded = load_checkpoint(model_path, load_backbone=False)
+        loaded = load_checkpoint(model_path, load_backbone=False, device="cpu")  # copied into self.model below
         keep = self.model.backbone_in_checkpoint
         self.model.load_state_dict({k: v for k, v in loaded.state_dict().items()
                                     if keep or not k.startswith("backbone.")}, strict=False)

@@ -28,6 +28,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..engine_client import START_TIMEOUT_S, EngineClient, EngineError, engine_command, find_engine
 from ..settings import (
+    DEVICE_CHOICES,
     RES_DEG_CHOICES,
     TIME_FORMATS,
     PluginSettings,
@@ -66,6 +67,8 @@ class EngineProbeTask(QgsTask):
 def describe_info(info: dict) -> str:
     """One line from an `info` result: engine version, protocol, the worker's Python; the model's trained heads."""
     text = f"engine {info['engine_version']}, protocol {info['protocol']}, {info['python']}"
+    if info.get("device"):  # engines before --device did not say
+        text += f", computes on {info['device']}"
     model = info.get("model")
     if model:
         heads = model.get("header", {}).get("heads_trained", {})
@@ -109,6 +112,14 @@ class SettingsDialog(QDialog):
         self.res_deg.setToolTip("Cell size of each photo's likelihood raster, candidate places and credible regions. "
                                 "Verdicts do not depend on it: the claimed point itself is scored. Finer cells cost "
                                 "more time per photo; the results record the size used (surface_res_deg).")
+        self.device = QComboBox()
+        for value in DEVICE_CHOICES:
+            self.device.addItem({"auto": "Auto (GPU if there is one, else CPU)", "cpu": "CPU",
+                                 "cuda": "GPU (CUDA)"}[value], value)
+        self.device.setCurrentIndex(self.device.findData(self.settings.device))
+        self.device.setToolTip("Where the engine computes. Auto takes the first NVIDIA GPU that the engine's torch "
+                               "sees, else the CPU; GPU refuses to start without one. Test engine shows which "
+                               "one it uses.")
         self.test_button = QPushButton("Test engine")
         self.test_button.setToolTip("Start the engine with these settings and show its version and the model's "
                                     "heads")
@@ -122,6 +133,7 @@ class SettingsDialog(QDialog):
         form.addRow("Output folder", self.out_dir)
         form.addRow("Known capture time (local, optional)", self.known_time)
         form.addRow("Surface resolution", self.res_deg)
+        form.addRow("Compute on", self.device)
         form.addRow(self.test_button)
         form.addRow(self.status)  # a row of its own, the dialog's full width
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
@@ -167,7 +179,7 @@ class SettingsDialog(QDialog):
             self.show_status(problem)
             return None
         try:
-            argv = engine_command(find_engine(self.engine.filePath()))
+            argv = engine_command(find_engine(self.engine.filePath()), str(self.device.currentData()))
         except EngineError as exc:
             self.show_status(f"error: {exc}")
             return None
@@ -220,5 +232,6 @@ class SettingsDialog(QDialog):
         self.settings.top_k = self.top_k.value()
         self.settings.out_dir = self.out_dir.filePath()
         self.settings.res_deg = float(self.res_deg.currentData())
+        self.settings.device = str(self.device.currentData())
         save_settings(self.settings)
         super().accept()

@@ -241,11 +241,13 @@ def test_a_worker_that_exits_at_start_says_why(tmp_path):
 
 
 @pytest.mark.parametrize("configured, expected", [
-    (str(ENGINE_PYTHON), [str(ENGINE_PYTHON), "-m", "gtloc_engine.cli", "serve", "--stdio"]),
-    (str(ENGINE_PYTHON.parent / "gtloc"), [str(ENGINE_PYTHON.parent / "gtloc"), "serve", "--stdio"]),
+    (str(ENGINE_PYTHON), [str(ENGINE_PYTHON), "-m", "gtloc_engine.cli", "serve", "--stdio", "--device", "auto"]),
+    (str(ENGINE_PYTHON.parent / "gtloc"), [str(ENGINE_PYTHON.parent / "gtloc"), "serve", "--stdio", "--device",
+                                           "auto"]),
 ])
 def test_engine_command_for_a_python_or_a_gtloc_executable(configured, expected):
     assert engine_command(find_engine(configured)) == expected
+    assert engine_command(find_engine(configured), "cpu")[-2:] == ["--device", "cpu"]
 
 
 def test_the_engine_is_found_on_path_when_not_configured(monkeypatch):

@@ -25,6 +25,7 @@ def test_the_settings_dialog_tests_the_engine_in_the_background_and_saves_what_w
     dialog.model.setFilePath(str(model_path))
     dialog.top_k.setValue(7)
     dialog.out_dir.setFilePath(str(tmp_path))
+    dialog.device.setCurrentIndex(dialog.device.findData("cpu"))
     task = dialog.test_engine()
     # The call returned while the engine is still starting (seconds: it imports its packages): QGIS is not blocked.
     assert task is not None and dialog.probe is task and not dialog.test_button.isEnabled()
@@ -36,9 +37,34 @@ def test_the_settings_dialog_tests_the_engine_in_the_background_and_saves_what_w
     assert text.startswith("engine ") and "protocol 1" in text and str(ENGINE_PYTHON.parent) in text, text
     # The model's trained heads (this tiny model trained location and time only), from its header.
     assert f"model {model_path.name}: heads location, time (sha256 " in text, text
+    assert ", computes on cpu;" in text, text  # the worker was started with --device cpu and says so
     dialog.accept()
     assert load_settings() == PluginSettings(engine=str(ENGINE_PYTHON), model=str(model_path), top_k=7,
-                                             out_dir=str(tmp_path))
+                                             out_dir=str(tmp_path), device="cpu")
+
+
+def _engine_sees_a_gpu() -> bool:
+    import subprocess
+
+    probe = subprocess.run([str(ENGINE_PYTHON), "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, timeout=120)
+    return probe.stdout.strip() == "True"
+
+
+def test_the_engine_test_says_in_one_line_that_the_gpu_asked_for_is_not_there(clean_settings, model_path, qgis_app):
+    from qgis_plugin.ui.settings_dialog import SettingsDialog
+
+    if _engine_sees_a_gpu():
+        pytest.skip("the engine's torch sees a CUDA GPU here, so --device cuda starts")
+    dialog = SettingsDialog()
+    dialog.engine.setFilePath(str(ENGINE_PYTHON))
+    dialog.model.setFilePath(str(model_path))
+    dialog.device.setCurrentIndex(dialog.device.findData("cuda"))
+    assert dialog.test_engine() is not None
+    wait_until(lambda: dialog.probe is None, timeout_s=180)
+    text = dialog.status_text()
+    assert text.startswith("error:") and "device 'cuda'" in text and "sees no CUDA GPU" in text, text
+    assert "use --device cpu" in text and dialog.test_button.isEnabled()
 
 
 def test_the_settings_dialog_reports_a_broken_engine_in_one_line(clean_settings, tmp_path, qgis_app):

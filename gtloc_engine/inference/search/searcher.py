@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gtloc_engine.device import host
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.inference.search.collection import load_collection
 from gtloc_engine.inference.search.filters import filter_rows
@@ -78,7 +79,7 @@ class CollectionSearch:
 
     # ------------------------------------------------------------------------------------------ query vectors
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def query_vectors(self, query: SearchQuery) -> tuple[np.ndarray, list[str]]:
         """(T, dim) float32 query vectors for the query's kind, and notes about how far to trust them."""
         kind, notes, model = query.kind, [], self.model
@@ -101,7 +102,7 @@ class CollectionSearch:
             if near is not None:
                 place = model.embed_locations(torch.tensor([near], dtype=torch.float32))
                 vectors = place if vectors is None else model.fuse(place, vectors)  # the gt2i query
-            vectors = vectors.numpy()
+            vectors = host(vectors)
         vectors = np.asarray(vectors, dtype=np.float32)
         if self.config.pooling == "mean" and len(vectors) > 1:
             vectors = vectors.mean(axis=0, keepdims=True)  # mean of cosines = cosine with the mean vector
@@ -178,7 +179,7 @@ class CollectionSearch:
             # Text and image towers only share a space when they were trained together (pretrained CLIP, frozen).
             notes.append(f"backbone {cfg.name!r} is not a frozen pretrained CLIP: its text tower was never aligned "
                          "with its image tower, so text results are not meaningful")
-        return self.model.embed_features(features).numpy(), notes
+        return host(self.model.embed_features(features)), notes
 
     # ------------------------------------------------------------------------------------------ filters, search
 
