@@ -14,7 +14,8 @@ from shapely.geometry import MultiPolygon, Point
 
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.geo import EARTH_RADIUS_KM, Surface, haversine_km, row_area_sr
-from gtloc_engine.inference.regions import WGS84, RegionConfig, credible_regions, row_cell_area_km2
+from gtloc_engine.inference.regions import (LEVEL_RTOL, WGS84, BlockPosterior, RegionConfig, credible_regions,
+                                           row_cell_area_km2)
 from gtloc_engine.inference.surfaces import credible_level
 
 SIGMA_KM = 300.0
@@ -241,3 +242,34 @@ def test_max_polygons_1_joins_two_modes_into_one_region():
 def test_max_polygons_must_be_positive():
     with pytest.raises(GtlocError, match="max_polygons"):
         credible_regions(speckled_surface(res_deg=5.0), config=RegionConfig(max_polygons=0))
+
+
+def _sorted_threshold(density: np.ndarray, mass: np.ndarray, level: float) -> float:
+    """The threshold by a full sort and cumulative sum (what BlockPosterior.threshold replaces)."""
+    order = np.argsort(-density.ravel(), kind="stable")
+    cumulative = np.cumsum(mass.ravel()[order], dtype=np.float64)
+    k = min(int(np.searchsorted(cumulative, level * (1.0 - LEVEL_RTOL))), len(order) - 1)
+    return float(density.ravel()[order[k]])
+
+
+@pytest.mark.parametrize("case", ["speckle", "peaked", "ties_and_zeros", "flat"])
+def test_the_binned_threshold_is_the_full_sorts_at_every_block_size(case):
+    rng = np.random.default_rng(3)
+    if case == "speckle":
+        surface = speckled_surface(res_deg=1.0, seed=4)
+    elif case == "peaked":
+        surface = gaussian_surface(35.0, 139.0, west_deg=-180.0, north_deg=90.0, res_deg=0.5, shape=(360, 720),
+                                   kind="global")
+    else:
+        mass = np.zeros((180, 360))
+        if case == "ties_and_zeros":  # a few repeated values, most cells exactly 0: ties at every threshold
+            cells = rng.choice(mass.size, 5000, replace=False)
+            mass.ravel()[cells] = rng.choice([1.0, 2.0, 2.0, 4.0], 5000) * row_area_sr(90.0, 1.0, 180)[cells // 360]
+        else:  # one density everywhere: every cell ties
+            mass[:] = row_area_sr(90.0, 1.0, 180)[:, None]
+        surface = Surface((mass / mass.sum()).astype(np.float32), -180.0, 90.0, 1.0, "global")
+    for block in (1, 2, 4, 16):
+        tiles = BlockPosterior(surface, block)
+        for level in (0.01, 0.5, 0.9, 0.999, 1.0):
+            expected = _sorted_threshold(tiles.density, tiles.mass, level)
+            assert tiles.threshold(level) == expected, (case, block, level)

@@ -105,28 +105,67 @@ def _row_cell_area_km2(west_deg: float, north_deg: float, res_deg: float, n_rows
 
 
 class BlockPosterior:
-    """The surface's mass summed over block x block tiles, with the tiles sorted by density (once per block size)."""
+    """The surface's mass summed over block x block tiles and each tile's density (once per block size), and the
+    density at which the densest tiles reach a level.
+
+    That threshold needs no sort of every tile: float32 densities are >= 0, so their bit patterns order as their
+    values do, and the top 16 bits (exponent and 7 mantissa bits: bins 0.8% wide) bin them in order. The mass per
+    bin (one bincount) finds the bin where the level is crossed; only that bin's tiles are sorted. The same
+    threshold as a full argsort and cumulative sum (tested), in a few passes over the raster instead of an
+    O(n log n) sort of its 1M cells."""
+
+    _SHIFT = 16  # of float32's 32 bits, the top 16 make the bins
 
     def __init__(self, surface: Surface, block: int):
         h, w = surface.shape
-        tiled = (-(-h // block) * block, -(-w // block) * block)
-        mass = np.zeros(tiled)
-        mass[:h, :w] = surface.mass_per_cell
-        area = np.zeros(tiled)
-        area[:h, :w] = surface.cell_area_km2  # sphere areas, as surfaces.py ranks cells
-        tile_mass = mass.reshape(tiled[0] // block, block, tiled[1] // block, block).sum(axis=(1, 3))
-        tile_area = area.reshape(tiled[0] // block, block, tiled[1] // block, block).sum(axis=(1, 3))
-        # float32 as Surface.density_per_km2: at block 1 this ranks (and ties) cells exactly as credible_level does.
-        self.density = (tile_mass / tile_area).astype(np.float32)
-        self.order = np.argsort(-self.density.ravel())  # ties at the threshold are all kept, so their order is moot
-        self.cumulative = np.cumsum(tile_mass.ravel()[self.order])
+        if block == 1:  # the cells themselves
+            # float32 as Surface.density_per_km2: this ranks (and ties) cells exactly as credible_level does.
+            self.density = np.ascontiguousarray(surface.density_per_km2, dtype=np.float32)
+            self.mass = surface.mass_per_cell.astype(np.float64).ravel()
+        else:
+            tiled = (-(-h // block) * block, -(-w // block) * block)
+            mass = np.zeros(tiled)
+            mass[:h, :w] = surface.mass_per_cell
+            area = np.zeros(tiled)
+            area[:h, :w] = surface.cell_area_km2  # sphere areas, as surfaces.py ranks cells
+            tile_mass = mass.reshape(tiled[0] // block, block, tiled[1] // block, block).sum(axis=(1, 3))
+            tile_area = area.reshape(tiled[0] // block, block, tiled[1] // block, block).sum(axis=(1, 3))
+            self.density = (tile_mass / tile_area).astype(np.float32)
+            self.mass = tile_mass.ravel()
+        self.bins = self.density.ravel().view(np.uint32) >> self._SHIFT
+        n_bins = 1 << (32 - self._SHIFT)
+        # Mass at or above each bin, densest bin first: from_top[j] holds bins n_bins - 1 - j and up.
+        self.from_top = np.cumsum(np.bincount(self.bins, weights=self.mass, minlength=n_bins)[::-1])
         self.block, self.shape = block, (h, w)
 
-    def region(self, level: float) -> np.ndarray:
-        """(H, W) bool: the cells of the smallest set of tiles holding the level, tiles at the threshold included."""
-        k = min(int(np.searchsorted(self.cumulative, level * (1.0 - LEVEL_RTOL))), len(self.order) - 1)
-        tiles = self.density >= self.density.ravel()[self.order[k]]
+    def threshold(self, level: float) -> float:
+        """The density of the tile with which the tiles, densest first, reach `level` (the least dense tile's when
+        they never quite do: then the region is every tile)."""
+        target = level * (1.0 - LEVEL_RTOL)
+        j = int(np.searchsorted(self.from_top, target))
+        density = self.density.ravel()
+        if j >= len(self.from_top):
+            return float(density.min())
+        crossing = len(self.from_top) - 1 - j
+        above = float(self.from_top[j - 1]) if j > 0 else 0.0
+        tiles = np.flatnonzero(self.bins == crossing)
+        tiles = tiles[np.argsort(-density[tiles], kind="stable")]
+        k = min(int(np.searchsorted(above + np.cumsum(self.mass[tiles]), target)), len(tiles) - 1)
+        return float(density[tiles[k]])
+
+    def region_tiles(self, level: float) -> np.ndarray:
+        """(H / block, W / block) bool: the smallest set of tiles holding the level, tiles at the threshold included."""
+        return self.density >= np.float32(self.threshold(level))
+
+    def cells(self, tiles: np.ndarray) -> np.ndarray:
+        """(H, W) bool: the cells of a tile mask."""
+        if self.block == 1:
+            return tiles
         return tiles.repeat(self.block, axis=0).repeat(self.block, axis=1)[:self.shape[0], :self.shape[1]]
+
+    def region(self, level: float) -> np.ndarray:
+        """(H, W) bool: the cells of region_tiles(level)."""
+        return self.cells(self.region_tiles(level))
 
 
 def n_polygons(mask: np.ndarray) -> int:
@@ -150,8 +189,13 @@ def credible_regions(surface: Surface, levels=(0.5, 0.9), config: RegionConfig |
         while True:
             if block not in by_block:
                 by_block[block] = BlockPosterior(surface, block)
-            mask = by_block[block].region(level) | covered
-            if block >= largest_block or n_polygons(mask) <= config.max_polygons:
+            tiles = by_block[block].region_tiles(level)
+            cells = by_block[block].cells(tiles)
+            mask = cells | covered
+            if block >= largest_block:
+                break
+            # A mask made of whole tiles has the components of its tile mask, which is block^2 times smaller.
+            if n_polygons(tiles if not np.any(covered & ~cells) else mask) <= config.max_polygons:
                 break
             block *= 2
         covered = mask
