@@ -7,7 +7,7 @@ environment), its local cluster starts in about a second, and its scheduler alre
 worker that dies. Ray 2.60's wheel alone is 79 MB (202 MB unpacked) and Ray Data adds pyarrow; what Ray Data's
 map_batches with model actors would give (streaming, one model per slot) is here a task per chunk of photos and one
 model kept per worker process. For GPUs, start one Dask worker per GPU (`dask worker ... --nthreads 1` with
-CUDA_VISIBLE_DEVICES set); the engine runs its model where torch runs it (today: the CPU).
+CUDA_VISIBLE_DEVICES set): `device` ('auto') puts each worker's model on its GPU (gtloc_engine/device.py).
 
 How a run goes:
     driver   lists the photos (it never opens one), splits them in input order into chunks of `chunk_photos`
