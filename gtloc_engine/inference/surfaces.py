@@ -69,6 +69,7 @@ Public surface:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -327,16 +328,17 @@ class SurfaceMaker:
         out = [self.model.unit_location_embeddings(chunk) @ q for chunk in self._branch_sums(latlon_deg, None)]
         return self.scales[head] * torch.cat(out) if out else torch.zeros(0, device=self.device)
 
-    def _branch_sums(self, latlon_deg: np.ndarray, branches: list[int] | None) -> list[torch.Tensor]:
+    def _branch_sums(self, latlon_deg: np.ndarray, branches: list[int] | None) -> Iterator[torch.Tensor]:
         """Chunks of (N, D) sums of some (None: all) location-encoder branches' outputs, not normalised (longitudes
-        wrapped), on the device: 8,192 points an encoder call bounds its activations."""
+        wrapped), on the device, one at a time: 8,192 points an encoder call bound its activations, and a caller that
+        reduces each chunk never holds them all (1M points x 512 floats would be 2 GB)."""
         pts = np.asarray(latlon_deg, dtype=np.float64).reshape(-1, 2).copy()
         pts[:, 1] = wrap_lon_deg(pts[:, 1])
-        return [self.model.location_branches(on_device(pts[i:i + 8192], self.device), branches)
-                for i in range(0, len(pts), 8192)]
+        return (self.model.location_branches(on_device(pts[i:i + 8192], self.device), branches)
+                for i in range(0, len(pts), 8192))
 
     def _branch_sum(self, latlon_deg: np.ndarray, branches: list[int]) -> torch.Tensor:
-        return torch.cat(self._branch_sums(latlon_deg, branches))
+        return torch.cat(list(self._branch_sums(latlon_deg, branches)))
 
     @torch.no_grad()
     def _lattice_parts(self, image_emb: np.ndarray, windows: list[_RegionalWindow],
