@@ -166,9 +166,13 @@ def test_a_duplicate_path_copies_rows_under_its_own_name(filled):
         assert [c["path"] for c in store.candidates["/other/copy.jpg"]] == ["/other/copy.jpg"] * 2
         assert [c["rank"] for c in store.candidates["/other/copy.jpg"]] == [1, 2]
         assert store.candidates["/photos/a.jpg"][0]["path"] == "/photos/a.jpg"  # the source is untouched
-        assert store.done("/other/copy.jpg", "a" * 64, "m" * 64) and not store.done("/other/copy.jpg", "a" * 64, "x")
-        assert store.finished_source("a" * 64, "m" * 64) == "/photos/a.jpg"
-        assert store.finished_source("a" * 64, "m" * 64, "2021-07-01T12:00:00") is None  # another known time
+        res = SAMPLE["float"]  # the rows' surface_res_deg
+        assert store.done("/other/copy.jpg", "a" * 64, "m" * 64, None, res)
+        assert not store.done("/other/copy.jpg", "a" * 64, "x", None, res)  # another model
+        assert not store.done("/other/copy.jpg", "a" * 64, "m" * 64, None, 1.0)  # surfaces of another cell size
+        assert store.finished_source("a" * 64, "m" * 64, None, res) == "/photos/a.jpg"
+        assert store.finished_source("a" * 64, "m" * 64, "2021-07-01T12:00:00", res) is None  # another known time
+        assert store.finished_source("a" * 64, "m" * 64, None, 1.0) is None
     assert validate_gpkg(filled) == []
 
 
@@ -479,7 +483,9 @@ def test_a_format_1_file_is_upgraded_in_place_and_resumes(tmp_path):
     findings = " ".join(validate_gpkg(out))
     assert "map_time" in findings and "gtloc_info" in findings  # what format 1 got wrong
     with ResultsStore.open(out) as store:
-        assert store.done("/p/claimed.jpg", "a" * 64, "m" * 64) and store.done("/p/plain.jpg", "b" * 64, "m" * 64)
+        res = SAMPLE["float"]
+        assert store.done("/p/claimed.jpg", "a" * 64, "m" * 64, None, res)
+        assert store.done("/p/plain.jpg", "b" * 64, "m" * 64, None, res)
         photos = store.photos
         store.set_results("/p/new.jpg", _photo("/p/new.jpg"), [_candidate("/p/new.jpg", 1)], [_region("/p/new.jpg")])
     assert photos["/p/claimed.jpg"]["map_time"] == "2021-07-14T19:30:05.000Z"  # 21:30:05 at UTC+2

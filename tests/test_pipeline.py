@@ -167,6 +167,22 @@ def test_rerun_skips_everything_and_adding_a_photo_processes_only_it(pipeline, a
     assert after.drop(index="new.jpg").sort_index().processed_at_utc.equals(first.sort_index().processed_at_utc)
 
 
+def test_a_run_at_another_surface_resolution_redraws_and_then_resumes(pipeline, trained_checkpoint, cache_dir, album,
+                                                                     tmp_path):
+    out = tmp_path / "results.gpkg"
+    pipeline.run([album], out)  # 1 deg
+    coarser = PhotoPipeline(trained_checkpoint, top_k=3, cache_dir=cache_dir, config=PipelineConfig(global_res_deg=2.0))
+    summary = coarser.run([album], out)
+    assert (summary.n_done, summary.n_skipped) == (3, 0)  # the 1 deg results are not taken for 2 deg ones
+    photos = _photos(out)
+    assert len(photos) == 3 and set(photos["surface_res_deg"]) == {2.0}
+    edges = np.concatenate([np.asarray(polygon.exterior.coords) for regions in
+                            gpd.read_file(out, layer="regions").geometry for polygon in regions.geoms])
+    assert np.allclose(np.remainder(edges, 2.0), 0.0)  # every region drawn on the 2 deg cells
+    assert len(gpd.read_file(out, layer="candidates")) == 9  # replaced, not added
+    assert (coarser.run([album], out).n_skipped, pipeline.run([album], out).n_done) == (3, 3)
+
+
 def test_a_changed_file_is_recomputed_and_replaces_its_rows(pipeline, album, tmp_path, toy_images):
     out = tmp_path / "results.gpkg"
     pipeline.run([album], out)

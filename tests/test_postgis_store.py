@@ -132,9 +132,13 @@ def test_a_duplicate_path_copies_rows_under_its_own_name(target):
                                                    "file_name": "copy.jpg"}
         assert [(c["path"], c["rank"]) for c in store.candidates["/other/copy.jpg"]] == [("/other/copy.jpg", 1),
                                                                                          ("/other/copy.jpg", 2)]
-        assert store.done("/other/copy.jpg", "a" * 64, "m" * 64) and not store.done("/other/copy.jpg", "a" * 64, "x")
-        assert store.finished_source("a" * 64, "m" * 64) == "/photos/a.jpg"
-        assert store.finished_source("a" * 64, "m" * 64, "2021-07-01T12:00:00") is None  # another known time
+        res = SAMPLE["float"]  # the rows' surface_res_deg
+        assert store.done("/other/copy.jpg", "a" * 64, "m" * 64, None, res)
+        assert not store.done("/other/copy.jpg", "a" * 64, "x", None, res)  # another model
+        assert not store.done("/other/copy.jpg", "a" * 64, "m" * 64, None, 1.0)  # surfaces of another cell size
+        assert store.finished_source("a" * 64, "m" * 64, None, res) == "/photos/a.jpg"
+        assert store.finished_source("a" * 64, "m" * 64, "2021-07-01T12:00:00", res) is None  # another known time
+        assert store.finished_source("a" * 64, "m" * 64, None, 1.0) is None
 
 
 def test_a_row_the_schema_does_not_allow_is_refused_and_nothing_is_written(target):
@@ -370,7 +374,7 @@ def test_a_newer_case_is_refused_and_an_older_one_gets_its_missing_columns(pg_se
                    "ALTER TABLE photos DROP COLUMN map_time_local", database=database)
     with open_store(pg_case) as store:
         assert store.photos["/photos/a.jpg"]["map_time_local"] is None  # the column is back, the rows kept
-        assert store.done("/photos/a.jpg", "a" * 64, "m" * 64)
+        assert store.done("/photos/a.jpg", "a" * 64, "m" * 64, None, SAMPLE["float"])
     assert pg_server.psql("SELECT value FROM gtloc_info WHERE key = 'format_version'",
                           database=database) == str(schema.FORMAT_VERSION)
 

@@ -232,12 +232,14 @@ class PhotoPipeline:
 
         todo: dict[str, list[_Photo]] = {}  # sha256 -> every path with these bytes, in input order
         given_iso = self._given[0] if self._given else None
+        # Results drawn at another cell size are redrawn (a model without places records none: None matches them).
+        res_deg = self.config.global_res_deg if self.heads.get("location") else None
         for photo, error in self._hash_all(paths, workers):
             if error is not None:
                 self._fail(store, summary, [photo], error)
-            elif store.done(photo.key, photo.sha256, self.model_sha256, given_iso):  # one indexed lookup
+            elif store.done(photo.key, photo.sha256, self.model_sha256, given_iso, res_deg):  # one indexed lookup
                 summary.n_skipped += 1
-            elif (source := store.finished_source(photo.sha256, self.model_sha256, given_iso)) is not None:
+            elif (source := store.finished_source(photo.sha256, self.model_sha256, given_iso, res_deg)) is not None:
                 store.copy_results(source, photo.key, photo.path.name)  # same bytes done under another path
                 summary.n_done += 1
             else:

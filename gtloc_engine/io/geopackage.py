@@ -29,7 +29,8 @@ of WAL), the rollback journal ('delete') is used. A reader holding a lock past b
 another writer) only postpones a commit: the rows stay buffered and go with the next commit; close() waits longer
 and then fails with one line.
 
-Reading. Resume looks rows up by index (done, finished_source: path, sha256, model_sha256, given_time_local);
+Reading. Resume looks rows up by index (done, finished_source: path, sha256, model_sha256, given_time_local, and
+surface_res_deg);
 nothing is loaded whole. photos / candidates / regions / failures / embeddings read every row of the file for
 tools and tests. While a store has a file open, do not open that file with GDAL (pyogrio, fiona, rasterio) in the
 same process: GDAL carries its own SQLite, and its closing the file would drop this connection's POSIX locks
@@ -169,15 +170,20 @@ class ResultsStore(FullReads):
 
     # ------------------------------------------------------------------------------------------ lookups
 
-    def done(self, photo_path: str, sha256: str, model_sha256: str, given_time_local: str | None = None) -> bool:
-        """True when this path already has results for these bytes from this model, given the same known time."""
+    def done(self, photo_path: str, sha256: str, model_sha256: str, given_time_local: str | None = None,
+             surface_res_deg: float | None = None) -> bool:
+        """True when this path already has results for these bytes from this model, given the same known time, with
+        surfaces of the same cell size."""
         return self._one("SELECT 1 FROM photos WHERE path = ? AND sha256 = ? AND model_sha256 = ? "
-                         "AND given_time_local IS ?", (photo_path, sha256, model_sha256, given_time_local)) is not None
+                         "AND given_time_local IS ? AND surface_res_deg IS ?",
+                         (photo_path, sha256, model_sha256, given_time_local, surface_res_deg)) is not None
 
-    def finished_source(self, sha256: str, model_sha256: str, given_time_local: str | None = None) -> str | None:
-        """A path that holds finished results for these bytes from this model and known time, or None."""
+    def finished_source(self, sha256: str, model_sha256: str, given_time_local: str | None = None,
+                        surface_res_deg: float | None = None) -> str | None:
+        """A path that holds finished results for these bytes from this model, known time and cell size, or None."""
         row = self._one("SELECT path FROM photos WHERE sha256 = ? AND model_sha256 = ? AND given_time_local IS ? "
-                        "ORDER BY fid LIMIT 1", (sha256, model_sha256, given_time_local))
+                        "AND surface_res_deg IS ? ORDER BY fid LIMIT 1",
+                        (sha256, model_sha256, given_time_local, surface_res_deg))
         return None if row is None else row[0]
 
     def keys(self) -> list[tuple[str, str | None, str | None, str | None]]:

@@ -113,15 +113,17 @@ class PostgisStore(FullReads):
 
     # ------------------------------------------------------------------------------------------ lookups
 
-    def done(self, photo_path: str, sha256: str, model_sha256: str, given_time_local: str | None = None) -> bool:
+    def done(self, photo_path: str, sha256: str, model_sha256: str, given_time_local: str | None = None,
+             surface_res_deg: float | None = None) -> bool:
         return self._one("SELECT 1 FROM photos WHERE path = %s AND sha256 = %s AND model_sha256 = %s "
-                         "AND given_time_local IS NOT DISTINCT FROM %s",
-                         (photo_path, sha256, model_sha256, given_time_local)) is not None
+                         "AND given_time_local IS NOT DISTINCT FROM %s AND surface_res_deg IS NOT DISTINCT FROM %s",
+                         (photo_path, sha256, model_sha256, given_time_local, surface_res_deg)) is not None
 
-    def finished_source(self, sha256: str, model_sha256: str, given_time_local: str | None = None) -> str | None:
+    def finished_source(self, sha256: str, model_sha256: str, given_time_local: str | None = None,
+                        surface_res_deg: float | None = None) -> str | None:
         row = self._one("SELECT path FROM photos WHERE sha256 = %s AND model_sha256 = %s "
-                        "AND given_time_local IS NOT DISTINCT FROM %s ORDER BY fid LIMIT 1",
-                        (sha256, model_sha256, given_time_local))
+                        "AND given_time_local IS NOT DISTINCT FROM %s AND surface_res_deg IS NOT DISTINCT FROM %s "
+                        "ORDER BY fid LIMIT 1", (sha256, model_sha256, given_time_local, surface_res_deg))
         return None if row is None else row[0]
 
     def keys(self) -> list[tuple[str, str | None, str | None, str | None]]:

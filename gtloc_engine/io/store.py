@@ -51,11 +51,14 @@ class Store(Protocol):
 
     path: Path | str  # what the store writes to: the .gpkg path, or the PostGIS target as given
 
-    def done(self, photo_path: str, sha256: str, model_sha256: str, given_time_local: str | None = None) -> bool:
-        """True when this path already has results for these bytes from this model, given the same known time."""
+    def done(self, photo_path: str, sha256: str, model_sha256: str, given_time_local: str | None = None,
+             surface_res_deg: float | None = None) -> bool:
+        """True when this path already has results for these bytes from this model, given the same known time, with
+        surfaces of the same cell size (None: a model without places, whose rows record none)."""
 
-    def finished_source(self, sha256: str, model_sha256: str, given_time_local: str | None = None) -> str | None:
-        """A path that holds finished results for these bytes from this model and known time, or None."""
+    def finished_source(self, sha256: str, model_sha256: str, given_time_local: str | None = None,
+                        surface_res_deg: float | None = None) -> str | None:
+        """A path that holds finished results for these bytes from this model, known time and cell size, or None."""
 
     def keys(self) -> list[tuple[str, str | None, str | None, str | None]]:
         """(path, sha256, model_sha256, given_time_local) of every photo row."""
