@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gtloc_engine.device import host
 from gtloc_engine.errors import GtlocError
 from gtloc_engine.io.atomic import atomic_write
 from gtloc_engine.model.gtloc import GTLoc
@@ -151,7 +152,7 @@ def _cached(model: GTLoc, points: np.ndarray, name: str, cache_dir: str | Path |
         with torch.no_grad():  # the encoders move each chunk to the model's device (gtloc_engine/device.py)
             for i in range(0, len(points), ENCODE_CHUNK):
                 chunk = torch.as_tensor(points[i:i + ENCODE_CHUNK], dtype=torch.float32)
-                out[i:i + ENCODE_CHUNK] = encode(chunk).float().cpu().numpy()
+                out[i:i + ENCODE_CHUNK] = host(encode(chunk).float())
                 if report is not None:
                     done = min(i + ENCODE_CHUNK, len(points))
                     rate = done / max(time.monotonic() - started, 1e-9)

@@ -81,7 +81,7 @@ from gtloc_engine.geo import (
     EARTH_RADIUS_KM, KM_PER_DEG_LAT, Surface, equal_earth, global_centres_latlon, grid_rows, haversine_km, row_area_sr,
     wrap_lon_deg,
 )
-from gtloc_engine.inference.constants import cached_location_embeddings, model_key
+from gtloc_engine.inference.constants import ENCODE_CHUNK, cached_location_embeddings, model_key
 from gtloc_engine.device import host, on_device
 from gtloc_engine.model.gtloc import GTLoc
 
@@ -330,12 +330,12 @@ class SurfaceMaker:
 
     def _branch_sums(self, latlon_deg: np.ndarray, branches: list[int] | None) -> Iterator[torch.Tensor]:
         """Chunks of (N, D) sums of some (None: all) location-encoder branches' outputs, not normalised (longitudes
-        wrapped), on the device, one at a time: 8,192 points an encoder call bound its activations, and a caller that
-        reduces each chunk never holds them all (1M points x 512 floats would be 2 GB)."""
+        wrapped), on the device, one at a time: ENCODE_CHUNK points an encoder call bound its activations, and a
+        caller that reduces each chunk never holds them all (1M points x 512 floats would be 2 GB)."""
         pts = np.asarray(latlon_deg, dtype=np.float64).reshape(-1, 2).copy()
         pts[:, 1] = wrap_lon_deg(pts[:, 1])
-        return (self.model.location_branches(on_device(pts[i:i + 8192], self.device), branches)
-                for i in range(0, len(pts), 8192))
+        return (self.model.location_branches(on_device(pts[i:i + ENCODE_CHUNK], self.device), branches)
+                for i in range(0, len(pts), ENCODE_CHUNK))
 
     def _branch_sum(self, latlon_deg: np.ndarray, branches: list[int]) -> torch.Tensor:
         return torch.cat(list(self._branch_sums(latlon_deg, branches)))
