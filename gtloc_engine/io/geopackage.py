@@ -24,7 +24,11 @@ such a reader sees pages half-way through a commit ('database disk image is malf
 never (commits go to the -wal file, readers keep a consistent snapshot; measured in bench/README.md). WAL keeps
 -wal/-shm files next to the .gpkg while a connection is open, and the last commits live in the -wal file until a
 checkpoint; close() checkpoints everything into the .gpkg (and SQLite removes both files when the last
-connection closes). On a network drive, where WAL's shared memory does not work (QGIS also keeps such files out
+connection closes). The journal mode is kept in the file, but QGIS, when it opens a GeoPackage that no other
+program has open, sets it back to the rollback journal and reads without locks; such a reader cannot read the file
+once the next run has made it WAL again (SQLite's 'unable to open database file': the layer shows no rows) until
+QGIS reopens it (a reload, F5), and is safe from then on. open() says so in one warning line when it finds the file
+so. On a network drive, where WAL's shared memory does not work (QGIS also keeps such files out
 of WAL), the rollback journal ('delete') is used. A reader holding a lock past busy_timeout_s (rollback mode, or
 another writer) only postpones a commit: the rows stay buffered and go with the next commit; close() waits longer
 and then fails with one line.
@@ -129,7 +133,8 @@ class ResultsStore(FullReads):
         path = Path(path)
         check_results_path(path)
         try:
-            if not os.path.lexists(path):
+            existed = os.path.lexists(path)
+            if not existed:
                 _create(path)
             db = _connect(path, busy_timeout_s)
         except (OSError, sqlite3.Error) as exc:
@@ -139,7 +144,14 @@ class ResultsStore(FullReads):
             journal_mode = "delete" if _on_network_drive(path) else "wal"
         try:
             _check_ours(path)  # someone may have put another file there since the check
+            before = db.execute("PRAGMA journal_mode").fetchone()[0]
             mode = db.execute(f"PRAGMA journal_mode = {journal_mode}").fetchone()[0]
+            if existed and before != "wal" and mode == "wal":
+                # gtloc leaves its files in WAL; QGIS resets a GeoPackage it opens alone to the rollback journal and
+                # then reads it without locks, through a connection that cannot read the file once it is WAL again.
+                log.warning("'%s' was in rollback-journal mode, which QGIS sets when it opens a GeoPackage no other "
+                            "program has open; it is WAL again for this run: reload (F5) a QGIS layer of this file "
+                            "opened before now to see its rows", path)
             if mode != journal_mode:  # e.g. another program holds it open in WAL mode: works either way
                 log.info("'%s' stays in %s journal mode (asked for %s)", path, mode, journal_mode)
             _upgrade(db, path)
