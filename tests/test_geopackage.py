@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import geopandas as gpd
@@ -295,6 +296,24 @@ def test_the_default_journal_is_wal_on_a_local_disk_and_close_leaves_only_the_gp
         assert store.journal_mode == "delete"
     with ResultsStore.open(out) as store:
         assert store.journal_mode == "wal"
+
+
+def test_a_file_another_program_set_back_to_the_rollback_journal_is_made_wal_again_with_one_warning(tmp_path,
+                                                                                                       caplog):
+    out = tmp_path / "r.gpkg"
+    with caplog.at_level("WARNING", logger="gtloc"):
+        with ResultsStore.open(out) as store:  # a new file: nothing to say
+            _fill(store)
+        with ResultsStore.open(out):  # left in WAL by gtloc: nothing to say
+            pass
+        assert caplog.records == []
+        with closing(sqlite3.connect(out)) as db:  # what QGIS does when it opens the file alone
+            assert db.execute("PRAGMA journal_mode = delete").fetchone()[0] == "delete"
+        with ResultsStore.open(out) as store:
+            assert store.journal_mode == "wal" and out.read_bytes()[18:20] == b"\x02\x02"
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert str(out) in caplog.records[0].getMessage() and "reload (F5)" in caplog.records[0].getMessage()
+    assert _count(out, "photos") == 2
 
 
 def test_after_close_the_gpkg_alone_holds_every_row_even_while_a_reader_keeps_it_open(tmp_path):
